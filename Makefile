@@ -1,0 +1,31 @@
+# Set-up on a fresh machine: `make demo` runs the demo recipe, `make test` runs the tests.
+# Both create or refresh the virtual environment .venv/ and install into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned to the release this machine serves from disk (a CUDA build
+# that runs on CPU); everything else comes from pyproject.toml.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv venv-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+
+venv-dev: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev,video,detect]'
+
+demo: venv
+	$(BIN)/proxytasks run recipes/demo.yaml
+
+test: venv-dev
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

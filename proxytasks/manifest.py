@@ -1,0 +1,319 @@
+"""The face manifest (Contract 1): one JSON object per line, one face per line.
+
+Read, validate and write ``.jsonl`` / ``.jsonl.gz`` manifests. Validation happens
+before any work and reports every defect with the file, line and field, e.g.::
+
+    faces.jsonl:12: field 'bbox': box [300, 10, 50, 50] lies outside image 'f/0001.jpg' (320x240)
+
+Relative paths inside a manifest are relative to the manifest file's folder; a
+:class:`Manifest` keeps that folder as ``root`` and rebases paths when written elsewhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .errors import ManifestError
+from .fileio import atomic_write
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ("id", "media", "frame", "time", "image", "bbox", "crop", "score", "landmarks",
+          "track", "shot", "identity")
+PATH_FIELDS = ("image", "crop")
+# Small slack for boxes computed in floating point (pixels).
+BOX_SLACK = 1.0
+
+
+@dataclass(slots=True)
+class Face:
+    """One face: a line of the manifest. ``extra`` keeps fields outside the contract."""
+
+    id: str
+    media: str
+    frame: int | None = None
+    time: float | None = None
+    image: str | None = None
+    bbox: list[float] | None = None
+    crop: str | None = None
+    score: float | None = None
+    landmarks: list[list[float]] | None = None
+    track: str | None = None
+    shot: int | None = None
+    identity: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this face; ``frame`` is always written (null for photos)."""
+        out: dict[str, Any] = {}
+        for name in FIELDS:
+            value = getattr(self, name)
+            if value is not None or name == "frame":
+                out[name] = value
+        out.update(self.extra)
+        return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _check_fields(obj: dict[str, Any]) -> list[str]:
+    """Problems with the fields of one record, each as ``"field 'x': ..."``."""
+    problems = []
+
+    def bad(name: str, want: str) -> None:
+        v = obj[name]
+        problems.append(f"field '{name}': expected {want}, got {_type_name(v)} {json.dumps(v)[:60]}")
+
+    for name in ("id", "media"):
+        if name not in obj or obj[name] is None:
+            problems.append(f"field '{name}' is required and missing")
+        elif not isinstance(obj[name], str) or not obj[name].strip():
+            bad(name, "a non-empty string")
+    for name in ("image", "crop", "track", "identity"):
+        if obj.get(name) is not None and (not isinstance(obj[name], str) or not obj[name].strip()):
+            bad(name, "a non-empty string")
+    for name in ("frame", "shot"):
+        if obj.get(name) is not None and (not _is_int(obj[name]) or obj[name] < 0):
+            bad(name, "a non-negative integer or null")
+    for name in ("time", "score"):
+        if obj.get(name) is not None and not _is_number(obj[name]):
+            bad(name, "a finite number")
+    if obj.get("time") is not None and _is_number(obj["time"]) and obj["time"] < 0:
+        bad("time", "a non-negative number of seconds")
+    box = obj.get("bbox")
+    if box is not None:
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            bad("bbox", "[x, y, w, h] with 4 finite numbers")
+        elif box[2] <= 0 or box[3] <= 0:
+            bad("bbox", "a box with positive width and height")
+    marks = obj.get("landmarks")
+    if marks is not None and not (
+        isinstance(marks, list)
+        and all(isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p) for p in marks)
+    ):
+        bad("landmarks", "a list of [x, y] pairs of finite numbers")
+    if obj.get("crop") is None and (obj.get("image") is None or obj.get("bbox") is None):
+        have = [n for n in ("image", "bbox") if obj.get(n) is not None]
+        problems.append("a face needs 'crop', or 'image' with 'bbox'"
+                        + (f" (only {have[0]!r} is given)" if have else ""))
+    return problems
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid number (NaN and Infinity are refused)")
+
+
+def parse_line(text: str) -> dict[str, Any]:
+    """Parse one manifest line; NaN/Infinity and non-objects raise ``ValueError``."""
+    obj = json.loads(text, parse_constant=_reject_constant)
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {_type_name(obj)}")
+    return obj
+
+
+def face_from_dict(obj: dict[str, Any]) -> Face:
+    """Build a :class:`Face` from an already checked record."""
+    known = {k: obj.get(k) for k in FIELDS}
+    extra = {k: v for k, v in obj.items() if k not in FIELDS}
+    if known["bbox"] is not None:
+        known["bbox"] = [float(v) for v in known["bbox"]]
+    return Face(**known, extra=extra)
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """Width and height from the image header; raises ``OSError`` with a reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise OSError("file not found") from None
+    except IsADirectoryError:
+        raise OSError("is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise OSError("not a readable image") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise OSError(str(e) or type(e).__name__) from None
+
+
+class Manifest:
+    """An ordered list of faces plus the folder their relative paths start from.
+
+    Face indices (positions in ``faces``) are what rules, pairs and embeddings refer to.
+    """
+
+    def __init__(self, faces: Iterable[Face], root: str | os.PathLike = ".") -> None:
+        self.faces: list[Face] = list(faces)
+        self.root = Path(root)
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __iter__(self) -> Iterator[Face]:
+        return iter(self.faces)
+
+    def __getitem__(self, i: int) -> Face:
+        return self.faces[i]
+
+    # ----------------------------------------------------------------- reading
+    @classmethod
+    def read(cls, path: str | os.PathLike, check_files: bool = True) -> "Manifest":
+        """Read and validate a manifest; raises :class:`ManifestError` listing every defect.
+
+        Args:
+            path: a ``.jsonl`` or ``.jsonl.gz`` file.
+            check_files: open every referenced image header (readable, box inside it).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError([f"{path}: manifest not found" if not path.exists()
+                                 else f"{path}: not a file"])
+        faces: list[Face] = []
+        lines: list[int] = []
+        problems: list[str] = []
+        try:
+            with _open_text(path) as fh:
+                for lineno, text in enumerate(fh, 1):
+                    if not text.strip():
+                        continue
+                    try:
+                        obj = parse_line(text)
+                    except ValueError as e:
+                        problems.append(f"{path}:{lineno}: not valid JSON: {e}")
+                        continue
+                    found = _check_fields(obj)
+                    if found:
+                        problems.extend(f"{path}:{lineno}: {p}" for p in found)
+                        continue
+                    faces.append(face_from_dict(obj))
+                    lines.append(lineno)
+        except (UnicodeDecodeError, OSError, EOFError) as e:
+            raise ManifestError([f"{path}: cannot read the manifest: {e}"]) from None
+        manifest = cls(faces, path.parent)
+        problems.extend(manifest._check_records(path, lines, check_files))
+        if not problems and not faces:
+            problems.append(f"{path}: the manifest holds no faces")
+        if problems:
+            raise ManifestError(problems)
+        return manifest
+
+    def _check_records(self, path: Path, lines: list[int], check_files: bool) -> list[str]:
+        problems = []
+        first_line: dict[str, int] = {}
+        for face, lineno in zip(self.faces, lines):
+            if face.id in first_line:
+                problems.append(f"{path}:{lineno}: field 'id': duplicate id {face.id!r} "
+                                f"(first on line {first_line[face.id]})")
+            else:
+                first_line[face.id] = lineno
+        if not check_files:
+            return problems
+        sizes: dict[str, tuple[int, int] | str] = {}
+        for face, lineno in zip(self.faces, lines):
+            for name in PATH_FIELDS:
+                rel = getattr(face, name)
+                if rel is None:
+                    continue
+                if rel not in sizes:
+                    try:
+                        sizes[rel] = image_size(self.resolve(rel))
+                    except OSError as e:
+                        sizes[rel] = str(e)
+                        problems.append(f"{path}:{lineno}: field '{name}': cannot read "
+                                        f"{str(self.resolve(rel))!r}: {e}")
+            size = sizes.get(face.image) if face.image is not None else None
+            if face.bbox is not None and isinstance(size, tuple):
+                x, y, w, h = face.bbox
+                width, height = size
+                if x < -BOX_SLACK or y < -BOX_SLACK or x + w > width + BOX_SLACK \
+                        or y + h > height + BOX_SLACK:
+                    problems.append(f"{path}:{lineno}: field 'bbox': box {face.bbox} lies outside "
+                                    f"image {face.image!r} ({width}x{height})")
+        return problems
+
+    # ----------------------------------------------------------------- writing
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write atomically (gzip when the name ends in ``.gz``), rebasing relative paths."""
+        path = Path(path)
+        out_dir = path.parent
+        with atomic_write(path) as fh:
+            for face in self.faces:
+                record = face.to_dict()
+                for name in PATH_FIELDS:
+                    if record.get(name) is not None:
+                        record[name] = self._rebase(record[name], out_dir)
+                fh.write(json.dumps(record, allow_nan=False) + "\n")
+        return path
+
+    def _rebase(self, rel: str, out_dir: Path) -> str:
+        if os.path.isabs(rel):
+            return rel
+        absolute = os.path.abspath(os.path.join(self.root, rel))
+        return Path(os.path.relpath(absolute, os.path.abspath(out_dir))).as_posix()
+
+    # ----------------------------------------------------------------- access
+    def resolve(self, rel: str) -> Path:
+        """The file a manifest path points to."""
+        return Path(rel) if os.path.isabs(rel) else self.root / rel
+
+    def replace(self, **changes: list) -> "Manifest":
+        """A copy with whole columns replaced, e.g. ``replace(track=[...], shot=[...])``."""
+        faces = []
+        for i, face in enumerate(self.faces):
+            faces.append(dataclasses.replace(face, **{k: v[i] for k, v in changes.items()}))
+        return Manifest(faces, self.root)
+
+    def codes(self, name: str) -> tuple[np.ndarray, list]:
+        """Integer code per face for a field (-1 where it is null) and the code table."""
+        table: dict[Any, int] = {}
+        out = np.full(len(self.faces), -1, dtype=np.int64)
+        for i, face in enumerate(self.faces):
+            v = getattr(face, name)
+            if v is not None:
+                out[i] = table.setdefault(v, len(table))
+        return out, list(table)
+
+    def frames(self) -> np.ndarray:
+        """Frame index per face, -1 for photos."""
+        return np.array([-1 if f.frame is None else f.frame for f in self.faces], dtype=np.int64)
+
+    def summary(self) -> dict[str, int]:
+        """Counts: faces, media, frames (distinct media+frame), tracks, shots, identities."""
+        media = {f.media for f in self.faces}
+        frames = {(f.media, f.frame) for f in self.faces if f.frame is not None}
+        tracks = {(f.media, f.track) for f in self.faces if f.track is not None}
+        shots = {(f.media, f.shot) for f in self.faces if f.shot is not None}
+        ids = Counter(f.identity for f in self.faces if f.identity is not None)
+        return {"faces": len(self.faces), "media": len(media), "frames": len(frames),
+                "tracks": len(tracks), "shots": len(shots), "identities": len(ids),
+                "named_faces": sum(ids.values())}

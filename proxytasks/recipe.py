@@ -1,0 +1,129 @@
+"""Recipes: YAML files that chain proxytasks commands.
+
+A recipe has top-level variables and a list of ``steps``; each step names a command
+(``track``, ``import folders``, ...) and its options, whose keys equal the CLI option
+and argument names. String values may refer to variables as ``{name}``::
+
+    out: runs/demo            # a variable
+    steps:
+      - synth: {out: "{out}/episode", seed: 0}
+      - track: {manifest: "{out}/episode/manifest.jsonl", out: "{out}/tracked.jsonl"}
+
+The resolved recipe is saved as ``recipe.yaml`` in the folder named by ``out``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import yaml
+
+from .errors import ProxytasksError
+from .fileio import atomic_write
+
+logger = logging.getLogger(__name__)
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a recipe, apply ``key=value`` overrides to its variables, fill ``{name}`` references."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProxytasksError(f"{path}: recipe not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ProxytasksError(f"{path}: not a readable YAML recipe: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), list) or not data["steps"]:
+        raise ProxytasksError(f"{path}: a recipe is a mapping with a non-empty 'steps' list")
+    variables = {k: v for k, v in data.items() if k != "steps"}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ProxytasksError(f"--set {item!r}: expected KEY=VALUE")
+        variables[key] = yaml.safe_load(value)
+    steps = []
+    for k, step in enumerate(data["steps"], 1):
+        if not (isinstance(step, dict) and len(step) == 1):
+            raise ProxytasksError(f"{path}: step {k} must be a mapping of one command to its options")
+        (name, options), = step.items()
+        options = options or {}
+        if not isinstance(options, dict):
+            raise ProxytasksError(f"{path}: step {k} ({name}): options must be a mapping")
+        steps.append({name: {key: _fill(v, variables, path, k) for key, v in options.items()}})
+    return {**variables, "steps": steps}
+
+
+def _fill(value: Any, variables: dict[str, Any], path: Path, k: int) -> Any:
+    if isinstance(value, list):
+        return [_fill(v, variables, path, k) for v in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        return value.format_map(variables)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ProxytasksError(f"{path}: step {k}: cannot fill {value!r}: unknown variable {e}") from None
+
+
+def step_argv(command: click.Command, options: dict[str, Any], where: str) -> list[str]:
+    """The command-line arguments that give ``command`` these ``options``."""
+    params = {p.name: p for p in command.params}
+    unknown = [k for k in options if k.replace("-", "_") not in params]
+    if unknown:
+        known = ", ".join(p.name.replace("_", "-") for p in command.params)
+        raise ProxytasksError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {known}")
+    values = {k.replace("-", "_"): v for k, v in options.items()}
+    positional: list[str] = []
+    flags: list[str] = []
+    for p in command.params:
+        if p.name not in values:
+            continue
+        v = values[p.name]
+        if isinstance(p, click.Argument):
+            positional.extend(str(x) for x in (v if isinstance(v, list) else [v]))
+        elif getattr(p, "is_flag", False):
+            if v:
+                flags.append(p.opts[0])
+            elif p.secondary_opts:
+                flags.append(p.secondary_opts[0])
+        else:
+            for x in v if isinstance(v, list) else [v]:
+                flags.extend([p.opts[-1] if p.opts[-1].startswith("--") else p.opts[0], str(x)])
+    return flags + ["--"] + positional if positional else flags
+
+
+def _resolve(group: click.Group, name: str, where: str) -> click.Command:
+    command: click.Command = group
+    for part in name.split():
+        sub = command.commands.get(part) if isinstance(command, click.Group) else None
+        if sub is None:
+            raise ProxytasksError(f"{where}: unknown command {name!r}")
+        command = sub
+    return command
+
+
+def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = (),
+               obj: dict | None = None) -> dict[str, Any]:
+    """Run every step of the recipe in order; returns the resolved recipe."""
+    recipe = load_recipe(path, overrides)
+    if "out" in recipe:
+        out = Path(str(recipe["out"]))
+        with atomic_write(out / "recipe.yaml") as fh:
+            yaml.safe_dump(recipe, fh, sort_keys=False)
+    total = len(recipe["steps"])
+    for k, step in enumerate(recipe["steps"], 1):
+        (name, options), = step.items()
+        where = f"{path}: step {k} ({name})"
+        command = _resolve(group, name, where)
+        argv = step_argv(command, options, where)
+        click.echo(f"[{k}/{total}] proxytasks {name} {' '.join(argv)}")
+        start = time.perf_counter()
+        try:
+            command.main(args=argv, prog_name=f"proxytasks {name}", standalone_mode=False, obj=obj)
+        except (ProxytasksError, click.ClickException) as e:
+            message = e.format_message() if isinstance(e, click.ClickException) else str(e)
+            raise ProxytasksError(f"{where} failed: {message}") from None
+        logger.info("step %d (%s) took %.1f s", k, name, time.perf_counter() - start)
+    return recipe

@@ -1,0 +1,27 @@
+"""Shared fixtures: the real-data folder beside the repo and tiny hand-made manifests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(os.environ.get("PROXYTASKS_SHARED_DATA",
+                                  Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (see shared/data/README.md)")
+    return path
+
+
+@pytest.fixture
+def frame_image(tmp_path: Path) -> Path:
+    """A 64x48 RGB frame image in tmp_path."""
+    path = tmp_path / "frame.png"
+    Image.new("RGB", (64, 48), (120, 80, 40)).save(path)
+    return path
