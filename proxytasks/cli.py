@@ -225,16 +225,16 @@ def pairs(manifest: Path, out: Path, rules: str, policy: str) -> None:
 
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.argument("pairs_file", metavar="PAIRS", type=click.Path(path_type=Path))
+@click.argument("pairs", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the audit as JSON only.")
-def audit(manifest: Path, pairs_file: Path, as_json: bool) -> None:
+def audit(manifest: Path, pairs: Path, as_json: bool) -> None:
     """Per rule: pairs, coverage and precision against known identities."""
     from .evaluate import audit_pairs, format_audit
     from .manifest import Manifest
     from .pairs import PairSet
 
     m = Manifest.read(manifest, check_files=False)
-    ps = PairSet.load(pairs_file, face_ids=[f.id for f in m.faces])
+    ps = PairSet.load(pairs, face_ids=[f.id for f in m.faces])
     result = audit_pairs(m, ps)
     click.echo(json.dumps(result, indent=2) if as_json else format_audit(result, len(m)))
 
