@@ -351,9 +351,17 @@ def data_config(model: torch.nn.Module) -> dict[str, Any]:
     return timm.data.resolve_model_data_config(model)
 
 
-def image_transform(model: torch.nn.Module) -> Callable[[Image.Image], torch.Tensor]:
-    """Evaluation transform (resize, centre crop, normalise) matching ``model``'s weights."""
-    return timm.data.create_transform(**data_config(model), is_training=False)
+def image_transform(model: torch.nn.Module, input_size: int | None = None
+                    ) -> Callable[[Image.Image], torch.Tensor]:
+    """Evaluation transform (resize, centre crop, normalise) matching ``model``'s weights.
+
+    ``input_size`` (pixels) replaces the model's input size and resizes the whole image
+    without a centre crop: face crops are already tight, and small inputs are fast.
+    """
+    cfg = data_config(model)
+    if input_size is not None:
+        cfg.update(input_size=(3, int(input_size), int(input_size)), crop_pct=1.0)
+    return timm.data.create_transform(**cfg, is_training=False)
 
 
 def _mps_available() -> bool:
@@ -406,12 +414,13 @@ class FeatureExtractor:
     The model is moved to ``device``; its train/eval mode is restored after each call.
     """
 
-    def __init__(self, model: torch.nn.Module, device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", batch_size: int = 32,
+                 input_size: int | None = None) -> None:
         if batch_size < 1:
             raise ProxytasksError(f"batch_size must be at least 1, got {batch_size}")
         self.device = select_device(device)
         self.model = model.to(self.device)
-        self.transform = image_transform(model)
+        self.transform = image_transform(model, input_size)
         self.batch_size = batch_size
 
     @property
@@ -444,6 +453,7 @@ def embed_images(
     images: Sequence[Image.Image],
     batch_size: int = 32,
     device: str = "cpu",
+    input_size: int | None = None,
 ) -> np.ndarray:
     """Embed PIL images with ``model``: float32 rows of unit L2 norm, one per image."""
-    return FeatureExtractor(model, device=device, batch_size=batch_size)(images)
+    return FeatureExtractor(model, device=device, batch_size=batch_size, input_size=input_size)(images)

@@ -38,11 +38,14 @@ class TrackerConfig:
     Attributes:
         max_gap: frames a track may skip (missed detections) and still continue.
         min_iou: least IoU between a track's predicted box and a new box.
-        min_similarity: least appearance cosine similarity for a link. With
-            ``adaptive_similarity`` the gate rises to the ``similarity_quantile`` of the
-            similarity of faces sharing a frame (known different people) in the same media.
+        min_similarity: least appearance cosine similarity for a link. Without boxes
+            and with ``adaptive_similarity``, the gate rises to the ``similarity_quantile``
+            of the similarity of faces sharing a frame (known different people) in the
+            same media. With boxes the IoU gate does most of the work and appearance breaks
+            ties (crossings), so a strict gate would only cut tracks at occlusions.
         appearance: "thumb" (colour thumbnail, fast), "backbone" (pretrained CNN),
             "none", or "auto" (thumb with boxes, backbone for crops only).
+        input_size: backbone input side in pixels for appearance (faces are small).
         shot_threshold: histogram distance that always means a cut; the adaptive
             threshold is ``median + shot_k * MAD`` of successive distances, floored at
             ``shot_min``.
@@ -61,6 +64,7 @@ class TrackerConfig:
     backbone: str = "tf_efficientnet_lite0"
     weights: str | None = None
     batch_size: int = 32
+    input_size: int = 128
 
     def __post_init__(self) -> None:
         if self.appearance not in APPEARANCES:
@@ -231,7 +235,7 @@ def track_manifest(manifest: Manifest, cfg: TrackerConfig | None = None, progres
         else:
             shot = np.zeros(len(faces), dtype=np.int64)
         gate = cfg.min_similarity
-        if features is not None and cfg.adaptive_similarity:
+        if features is not None and boxes is None and cfg.adaptive_similarity:
             gate = _adaptive_gate(frame, shot, features, cfg)
         track, linked = link(frame, shot, boxes, features, cfg, gate)
         if hist_shots is None and not all(s is not None for s in given):
@@ -292,10 +296,10 @@ def _open(path) -> Image.Image:
 def _backbone_features(manifest: Manifest, faces: list, cfg: TrackerConfig,
                        embed: Callable | None) -> np.ndarray:
     if embed is None:
-        from .models import create_backbone, embed_images
+        from .models import FeatureExtractor, create_backbone
 
-        model = create_backbone(cfg.backbone, weights=cfg.weights)
-        embed = lambda images: embed_images(model, images, batch_size=cfg.batch_size)  # noqa: E731
+        embed = FeatureExtractor(create_backbone(cfg.backbone, weights=cfg.weights),
+                                 batch_size=cfg.batch_size, input_size=cfg.input_size)
     out = []
     for s in range(0, len(faces), 256):
         chunk = faces[s:s + 256]

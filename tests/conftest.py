@@ -25,3 +25,22 @@ def frame_image(tmp_path: Path) -> Path:
     path = tmp_path / "frame.png"
     Image.new("RGB", (64, 48), (120, 80, 40)).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def episode(tmp_path_factory) -> Path:
+    """A default-size synthetic episode with drawn faces (about 260 frames, 2 s to make)."""
+    from data_tools.synthetic import make_episode
+
+    out = tmp_path_factory.mktemp("episode")
+    make_episode(out, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def orl_identities(tmp_path_factory):
+    """An identity-folder manifest of the real ORL faces (skips when absent)."""
+    from data_tools.importers import import_folders
+
+    root = shared("orl_faces")
+    return import_folders(root, tmp_path_factory.mktemp("orl") / "orl.jsonl")

@@ -1,0 +1,74 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from proxytasks.cli import cli
+
+from .conftest import shared
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, ["-q", *map(str, args)])
+
+
+def identities_of(validate_output: str) -> int:
+    return int(re.search(r"identities\s+(\d+)", validate_output).group(1))
+
+
+@pytest.mark.parametrize("dataset, args, identities, faces", [
+    ("orl_faces", ["folders"], 38, 380),
+    ("yalefaces", ["pattern", "--regex", r"(?P<identity>subject\d+)\."], 15, 164),
+    ("bbt/images", ["folders"], 8, 40),
+])
+def test_import_then_validate_real_sets(tmp_path, dataset, args, identities, faces):
+    root = shared(*dataset.split("/"))
+    out = tmp_path / "m.jsonl"
+    res = invoke("import", args[0], root, "-o", out, *args[1:])
+    assert res.exit_code == 0, res.output
+    res = invoke("validate", out)
+    assert res.exit_code == 0, res.output
+    assert identities_of(res.output) == identities
+    assert re.search(r"faces\s+(\d+)", res.output).group(1) == str(faces)
+
+
+def test_import_errors_exit_2(tmp_path):
+    res = invoke("import", "folders", tmp_path / "nowhere", "-o", tmp_path / "m.jsonl")
+    assert res.exit_code == 2 and "nowhere" in res.output
+    res = invoke("import", "pattern", tmp_path, "--regex", "subject", "-o", tmp_path / "m.jsonl")
+    assert res.exit_code == 2 and "identity" in res.output
+
+
+def test_demo_recipe_end_to_end(tmp_path):
+    res = CliRunner().invoke(cli, ["-q", "run", str(REPO / "recipes" / "demo.yaml"), "--set", f"out={tmp_path}"])
+    assert res.exit_code == 0, res.output
+    for name in ("episode/manifest.jsonl", "tracked.jsonl", "pairs.npz", "recipe.yaml"):
+        assert (tmp_path / name).is_file(), name
+    saved = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    assert saved["out"] == str(tmp_path) and saved["steps"][0]["synth"]["out"] == f"{tmp_path}/episode"
+    assert re.search(r"same-track\s+same\s+\d+\s+1\.0000", res.output), res.output
+    audit = invoke("audit", tmp_path / "tracked.jsonl", tmp_path / "pairs.npz", "--json")
+    rules = json.loads(audit.output)["rules"]
+    assert rules["same-frame"]["precision"] == 1.0 and rules["same-track"]["precision"] >= 0.99
+
+
+def test_recipe_errors_name_the_step(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: x\nsteps:\n  - validate: {manifest: m.jsonl, colour: red}\n")
+    res = invoke("run", bad)
+    assert res.exit_code == 2 and "step 1 (validate)" in res.output and "colour" in res.output
+    bad.write_text("steps:\n  - validate: {manifest: '{nowhere}/m.jsonl'}\n")
+    res = invoke("run", bad)
+    assert res.exit_code == 2 and "unknown variable" in res.output
+    bad.write_text("steps:\n  - validate: {manifest: missing.jsonl}\n")
+    res = invoke("run", bad)
+    assert res.exit_code == 2 and "step 1 (validate) failed" in res.output and "manifest not found" in res.output
+    res = invoke("run", tmp_path / "absent.yaml")
+    assert res.exit_code == 2 and "recipe not found" in res.output
+    bad.write_text("steps: [")
+    assert invoke("run", bad).exit_code == 2
