@@ -126,4 +126,6 @@ def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = 
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
             raise ProxytasksError(f"{where} failed: {message}") from None
         logger.info("step %d (%s) took %.1f s", k, name, time.perf_counter() - start)
+    if "out" in recipe:
+        click.echo(f"done: outputs in {recipe['out']}/ (the resolved recipe is recipe.yaml there)")
     return recipe
