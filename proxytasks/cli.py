@@ -250,3 +250,104 @@ def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...]) -> None:
     from .recipe import run_recipe
 
     run_recipe(recipe, cli, overrides=overrides, obj=ctx.find_root().obj)
+
+
+# --------------------------------------------------------------------------- learning
+@cli.command("train")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("pairs", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--backbone", default="tf_efficientnet_lite0", show_default=True, help="timm backbone name.")
+@click.option("--weights", default=None, help="Backbone weights file (.pth/.safetensors); 'none' = random.")
+@click.option("--head", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True)
+@click.option("--dim", default=128, show_default=True, help="Embedding width.")
+@click.option("--input-size", default=128, show_default=True, help="Face crop side fed to the backbone.")
+@click.option("--loss", default="auto", show_default=True,
+              help="auto (track-supcon with cannot-links, ntxent without), contrastive, multi-similarity, ...")
+@click.option("--init", type=click.Choice(["kissme", "random"]), default="kissme", show_default=True,
+              help="Start the linear head from the KISSME metric fitted on the pairs.")
+@click.option("--steps", type=int, default=None, help="Optimisation steps.")
+@click.option("--epochs", type=float, default=None, help="Passes over the training faces.")
+@click.option("--time-budget", type=float, default=None, help="Seconds for the whole command; stops cleanly and saves.")
+@click.option("--lr", default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
+@click.option("--workers", default=1, show_default=True, help="DataLoader workers for decoding faces.")
+@click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint.")
+@click.pass_context
+def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbone: str, weights: str | None,
+              head: str, dim: int, input_size: int, loss: str, init: str, steps: int | None,
+              epochs: float | None, time_budget: float | None, lr: float, seed: int, device: str,
+              workers: int, resume: bool) -> None:
+    """Train a face embedding on the rule PAIRS of MANIFEST (Siamese, within a time budget)."""
+    from .manifest import Manifest
+    from .pairs import PairSet
+    from .train import TrainConfig, train
+
+    m = Manifest.read(manifest)
+    ps = PairSet.load(pairs, face_ids=[f.id for f in m.faces])
+    cfg = TrainConfig(backbone=backbone, weights=weights, head=head, dim=dim, input_size=input_size,
+                      loss=loss, init=init, steps=steps, epochs=epochs, time_budget=time_budget, lr=lr,
+                      seed=seed, device=device, workers=workers)
+    summary = train(m, ps, out, cfg, resume=resume, progress=_progress(ctx))
+    click.echo(f"wrote {out}: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['stopped']}), "
+               f"selected {summary['selected']}")
+    for name, score in summary["scores"].items():
+        click.echo(f"  validation AUC {name:<11} {'-' if score is None else f'{score:.4f}'}")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Embeddings file (.npz).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="DataLoader workers for decoding faces.")
+@click.option("--device", default="auto", show_default=True)
+@click.pass_context
+def embed(ctx: click.Context, run_dir: Path, manifest: Path, out: Path, batch_size: int, workers: int,
+          device: str) -> None:
+    """Embed every face of MANIFEST with the model in RUN."""
+    from .embed import embed_manifest
+    from .embedder import Embedder
+    from .manifest import Manifest
+    from .models import select_device
+
+    m = Manifest.read(manifest)
+    emb = embed_manifest(Embedder.load(run_dir), m, batch_size, workers, _progress(ctx),
+                         str(select_device(device)))
+    emb.save(out)
+    click.echo(f"wrote {out}: {emb.vectors.shape[0]} faces x {emb.vectors.shape[1]} dims")
+
+
+def _int_list(value: str, what: str) -> list[int]:
+    try:
+        items = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ProxytasksError(f"{what} {value!r}: expected comma-separated integers such as 1,5,20") from None
+    if not items or min(items) < 1:
+        raise ProxytasksError(f"{what} {value!r}: expected positive integers")
+    return items
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder (metrics.json).")
+@click.option("--backbone", default="tf_efficientnet_lite0", show_default=True, help="timm backbone name.")
+@click.option("--weights", default=None, help="Backbone weights file (.pth/.safetensors).")
+@click.option("--time-budget", default=300.0, show_default=True, help="Seconds for proxy training.")
+@click.option("--shots", default="1,5,20", show_default=True, help="Names given per identity.")
+@click.option("--repeats", default=5, show_default=True, help="Seeded draws per shot count.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.pass_context
+def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weights: str | None,
+              time_budget: float, shots: str, repeats: int, seed: int) -> None:
+    """Naming benchmark on a labelled MANIFEST: proxy training vs the pretrained backbone."""
+    from .benchmark import run_benchmark
+
+    metrics = run_benchmark(manifest, out, backbone, weights, time_budget, _int_list(shots, "--shots"),
+                            repeats, seed, progress=_progress(ctx))
+    click.echo(f"wrote {out / 'metrics.json'} ({metrics['seconds']:.0f} s)")
+    for name, m in metrics["methods"].items():
+        naming = " ".join(f"{k}-shot {'-' if v is None else f'{v:.3f}'}" for k, v in m["naming"].items())
+        click.echo(f"  {name:<11} naming {naming} | bcubed F1 {m['clustering']['bcubed_f1']:.3f} "
+                   f"({m['clustering']['clusters']} clusters) | AUC {m['verification']['roc_auc']}")

@@ -1,0 +1,166 @@
+"""Embedding faces: load crops, run the trunk (cached features) and the head.
+
+Faces come from ``crop`` or are cut on the fly from ``image`` + ``bbox``. Trunk
+features can be computed for several *views* of each face (plain, mirrored, randomly
+augmented), so that training a head on cached features still sees augmentations.
+Embeddings are written as ``.npz`` (vectors, ids, and a JSON header with the model,
+dimension and a digest of the ids).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .embedder import Embedder
+from .errors import ProxytasksError
+from .fileio import atomic_write
+from .manifest import Face, Manifest
+from .models import to_rgb
+from .pairs import ids_digest
+
+logger = logging.getLogger(__name__)
+
+VIEWS = ("plain", "flip", "augment")
+FORMAT_VERSION = 1
+
+
+def load_face(manifest: Manifest, face: Face) -> Image.Image:
+    """The face as an RGB image: its crop, or its box cut from its image."""
+    rel = face.crop if face.crop is not None else face.image
+    path = manifest.resolve(rel)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if face.crop is None:
+                x, y, w, h = face.bbox
+                img = img.crop((round(x), round(y), round(x + w), round(y + h)))
+            return to_rgb(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ProxytasksError(f"face {face.id!r}: cannot read {str(path)!r}: {e}") from None
+
+
+def _augment() -> Any:
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(size=112, scale=(0.7, 1.0), ratio=(0.85, 1.15)),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.3, 0.03)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
+    ])
+
+
+class FaceDataset(Dataset):
+    """Faces of a manifest under one view, transformed for the trunk."""
+
+    def __init__(self, manifest: Manifest, transform: Any, view: str = "plain", seed: int = 0) -> None:
+        if view not in VIEWS:
+            raise ProxytasksError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
+        self.manifest, self.transform, self.view, self.seed = manifest, transform, view, seed
+        self._augment = _augment() if view == "augment" else None
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = load_face(self.manifest, self.manifest[i])
+        if self.view == "flip":
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        elif self._augment is not None:
+            torch.manual_seed(self.seed * 1_000_003 + i)  # the same augmentation on every run
+            img = self._augment(img)
+        return self.transform(img)
+
+
+def trunk_features(embedder: Embedder, manifest: Manifest, views: Sequence[str] = ("plain",),
+                   batch_size: int = 64, workers: int = 1, seed: int = 0, progress: bool = True,
+                   device: str = "cpu") -> np.ndarray:
+    """Pooled trunk features, shape (len(views), faces, in_dim), float32."""
+    out = np.zeros((len(views), len(manifest), embedder.in_dim), dtype=np.float32)
+    trunk = embedder.trunk.to(device).eval()
+    transform = embedder.transform()
+    bar = tqdm(total=len(views) * len(manifest), desc="features", unit="face", disable=not progress)
+    with torch.inference_mode():
+        for v, view in enumerate(views):
+            loader = DataLoader(FaceDataset(manifest, transform, view, seed), batch_size=batch_size,
+                                num_workers=workers, shuffle=False)
+            pos = 0
+            for batch in loader:
+                feats = trunk(batch.to(device)).float().cpu().numpy()
+                out[v, pos:pos + len(feats)] = feats
+                pos += len(feats)
+                bar.update(len(feats))
+    bar.close()
+    if not np.isfinite(out).all():
+        raise ProxytasksError("the trunk produced NaN or infinite features; check the weights")
+    return out
+
+
+def head_vectors(embedder: Embedder, features: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Apply the head (and L2 normalisation) to cached trunk features."""
+    embedder.eval()
+    rows = []
+    with torch.inference_mode():
+        for s in range(0, len(features), batch_size):
+            rows.append(embedder.embed_features(torch.from_numpy(features[s:s + batch_size])).numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, embedder.dim), np.float32)
+
+
+@dataclass
+class Embeddings:
+    """Unit vectors with the face ids they belong to, and where they came from."""
+
+    vectors: np.ndarray
+    ids: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``.npz`` atomically."""
+        path = Path(path)
+        meta = {**self.meta, "format_version": FORMAT_VERSION, "n": len(self.ids),
+                "dim": int(self.vectors.shape[1]), "ids_digest": ids_digest(self.ids)}
+        with atomic_write(path, "wb", gz=False) as fh:
+            np.savez(fh, vectors=self.vectors.astype(np.float32), ids=np.array(self.ids, dtype=str),
+                     meta=np.array(json.dumps(meta)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Embeddings":
+        """Read and check an embeddings file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ProxytasksError(f"{path}: embeddings file not found")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                vectors, ids, meta = z["vectors"], [str(s) for s in z["ids"]], json.loads(str(z["meta"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise ProxytasksError(f"{path}: not a proxytasks embeddings file ({e})") from None
+        if meta.get("format_version") != FORMAT_VERSION or vectors.shape != (meta.get("n"), meta.get("dim")) \
+                or ids_digest(ids) != meta.get("ids_digest"):
+            raise ProxytasksError(f"{path}: header and content disagree; the file is damaged or foreign")
+        if not np.isfinite(vectors).all():
+            raise ProxytasksError(f"{path}: embeddings hold NaN or infinite values")
+        return cls(vectors, ids, meta)
+
+
+def embed_manifest(embedder: Embedder, manifest: Manifest, batch_size: int = 64, workers: int = 1,
+                   progress: bool = True, device: str = "cpu") -> Embeddings:
+    """Embed every face of ``manifest``."""
+    feats = trunk_features(embedder, manifest, ("plain",), batch_size, workers, progress=progress,
+                           device=device)[0]
+    embedder.to("cpu")
+    vectors = head_vectors(embedder, feats)
+    return Embeddings(vectors, [f.id for f in manifest.faces],
+                      {"backbone": embedder.backbone, "head": embedder.head_kind})

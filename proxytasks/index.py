@@ -1,0 +1,492 @@
+"""FAISS index over face embeddings: type chosen from size and memory, saved with its infos.
+
+Every vector is L2-normalised on input (build, add, search, :func:`knn_graph`) and the
+metric is the inner product, so similarities are cosines in [-1, 1]. The index type is
+picked by :func:`choose_factory` (the autofaiss idea: number of vectors and a memory
+budget decide) and can be overridden with any faiss factory string. A saved index is a
+folder holding ``index.faiss``, ``ids.json`` and ``index_infos.json`` (written last, so
+a folder whose infos are present is complete); :meth:`FaceIndex.load` checks all three.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+
+from .errors import ProxytasksError
+from .fileio import atomic_write
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+INFOS_FILE = "index_infos.json"
+IDS_FILE = "ids.json"
+
+FLAT_MAX = 10_000
+HNSW_MAX = 1_000_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+PQ_CHOICES = (128, 96, 64, 48, 32, 24, 16, 12, 8, 4)
+EXACT_KNN_WORK = 5e11  # n * n * d below which an all-pairs kNN graph is computed exactly
+TARGET_RECALL = 0.96  # tuned on the data itself; 0.95 asked, a margin for unseen queries
+_GiB = 1024 ** 3
+
+
+def _nlist(n: int) -> int:
+    """Inverted lists for ``n`` vectors: the power of two nearest 4 * sqrt(n), 64..262144."""
+    nlist = 2 ** round(math.log2(max(4.0 * math.sqrt(max(n, 1)), 1.0)))
+    return int(min(max(nlist, 64), 262_144))
+
+
+def estimate_memory(factory: str, n: int, dim: int) -> int | None:
+    """Approximate bytes an index of this factory takes for ``n`` vectors; None if unknown.
+
+    Flat: 4d per vector. HNSW(M): 4d + 8M + 16 (links on level 0 and above, offsets).
+    IVF: a code plus an 8-byte id per vector, plus the coarse centroids (and their HNSW
+    graph); codes are 4d (Flat), d (SQ8) or m (PQm, 8 bits) bytes.
+    """
+    if factory == "Flat":
+        return 4 * dim * n
+    match = re.fullmatch(r"HNSW(\d+)(,Flat)?", factory)
+    if match:
+        return n * (4 * dim + 8 * int(match.group(1)) + 16)
+    match = re.fullmatch(r"IVF(\d+)(?:_HNSW(\d+))?,(Flat|SQ8|PQ(\d+)(?:x8)?)", factory)
+    if not match:
+        return None
+    nlist = int(match.group(1))
+    coarse = nlist * 4 * dim + (nlist * (8 * int(match.group(2)) + 16) if match.group(2) else 0)
+    code = {"Flat": 4 * dim, "SQ8": dim}.get(match.group(3))
+    extra = 0
+    if code is None:
+        code = int(match.group(4))
+        extra = 256 * dim * 4  # PQ codebooks
+    return n * (code + 8) + coarse + extra
+
+
+def choose_factory(n: int, dim: int, memory_budget_gb: float = 4.0) -> str:
+    """A faiss factory string for ``n`` unit vectors of ``dim`` (inner product) in a budget.
+
+    ================  =================================  ==================================
+    vectors           fits the budget                    factory
+    ================  =================================  ==================================
+    n < 10k           (always)                           ``Flat`` (exact, fast enough)
+    10k .. 1M         HNSW graph + raw vectors           ``HNSW32,Flat``
+    otherwise         raw vectors in inverted lists      ``IVF{nlist},Flat``
+    otherwise         PQ codes, largest m that fits      ``IVF{nlist},PQ{m}``
+    ================  =================================  ==================================
+
+    ``nlist`` is the power of two nearest 4 * sqrt(n) (64 .. 262144); from 8192 lists up
+    the coarse quantizer is itself an HNSW graph (``IVF{nlist}_HNSW32,...``). ``m``
+    divides ``dim`` and is tried from 128 down to 4. Memory is estimated with
+    :func:`estimate_memory`.
+
+    Raises:
+        ProxytasksError: bad sizes, or not even 4-byte PQ codes fit the budget.
+    """
+    if n < 0 or dim <= 0 or memory_budget_gb <= 0:
+        raise ProxytasksError(f"choose_factory: need n >= 0, dim > 0 and a positive memory budget; "
+                              f"got n={n}, dim={dim}, memory_budget_gb={memory_budget_gb}")
+    budget = memory_budget_gb * _GiB
+    if n < FLAT_MAX:
+        return "Flat"
+    hnsw = f"HNSW{HNSW_M},Flat"
+    if n <= HNSW_MAX and estimate_memory(hnsw, n, dim) <= budget:
+        return hnsw
+    nlist = _nlist(n)
+    coarse = f"IVF{nlist}" + (f"_HNSW{HNSW_M}" if nlist >= 8192 else "")
+    candidates = [f"{coarse},Flat"] + [f"{coarse},PQ{m}" for m in PQ_CHOICES if m < dim and dim % m == 0]
+    for factory in candidates:
+        if estimate_memory(factory, n, dim) <= budget:
+            return factory
+    need = estimate_memory(candidates[-1], n, dim) / _GiB
+    raise ProxytasksError(f"{n} vectors of dimension {dim} need about {need:.1f} GiB even as "
+                          f"{candidates[-1]}, over the {memory_budget_gb} GiB budget: raise the "
+                          f"memory budget or index fewer faces")
+
+
+def normalize(vectors: Any, dim: int | None = None, what: str = "vectors") -> np.ndarray:
+    """(n, d) float32 copy of ``vectors`` with unit rows.
+
+    Raises:
+        ProxytasksError: not 2-D, wrong dimension, NaN/inf, or an all-zero row.
+    """
+    x = np.array(vectors, dtype=np.float32, copy=True)
+    if x.ndim != 2:
+        raise ProxytasksError(f"{what}: expected a 2-D array (faces x dimensions), got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise ProxytasksError(f"{what}: dimension {x.shape[1]} does not match the index dimension {dim}")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise ProxytasksError(f"{what}: {int(bad.sum())} row(s) hold NaN or inf (first: row "
+                              f"{int(np.argmax(bad))}); check the embedding step")
+    for start in range(0, len(x), 65536):
+        block = x[start:start + 65536].astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        if (norms == 0).any():
+            row = start + int(np.argmax(norms == 0))
+            raise ProxytasksError(f"{what}: row {row} is all zeros and has no direction")
+        x[start:start + 65536] = block / norms[:, None]
+    return x
+
+
+def _check_ids(ids: Sequence[Any], n: int, known: dict[str, int] | None = None) -> list[str]:
+    """Ids as strings, one per vector, unique (also against ``known``)."""
+    out = [str(i) for i in ids]
+    if len(out) != n:
+        raise ProxytasksError(f"got {n} vectors but {len(out)} ids")
+    seen: set[str] = set()
+    for face_id in out:
+        if face_id in seen or (known is not None and face_id in known):
+            raise ProxytasksError(f"duplicate face id {face_id!r}: every indexed face needs its own id")
+        seen.add(face_id)
+    return out
+
+
+def _ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256(json.dumps(ids, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _ivf(index: faiss.Index) -> Any:
+    """The IVF part of ``index`` (downcast, so PQ fields are reachable), or None."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return None if ivf is None else faiss.downcast_index(ivf)
+
+
+def _apply_parameters(index: faiss.Index, parameters: dict[str, Any], k: int = 1) -> None:
+    """Set the search-time parameters (efSearch at least k, nprobe, quantizer_efSearch)."""
+    space = faiss.ParameterSpace()
+    for name in ("nprobe", "quantizer_efSearch", "efSearch"):
+        if name in parameters:
+            value = int(parameters[name])
+            if name == "efSearch":
+                value = max(value, k)
+            space.set_index_parameter(index, name, value)
+
+
+def _tuning_queries(x: np.ndarray, nq: int, seed: int) -> np.ndarray:
+    """Unseen queries like new faces: sampled rows moved by about their nearest-neighbour distance.
+
+    Rows already in an HNSW graph are found far too easily to tune it on; a row plus
+    Gaussian noise whose norm is its distance to its nearest other row is not in the
+    index yet lies where new faces of the same person would.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(x), size=nq, replace=False))
+    sims = faiss.knn(x[rows], x, 2, metric=faiss.METRIC_INNER_PRODUCT)[0][:, 1]
+    radius = np.sqrt(np.clip(2.0 - 2.0 * sims, 0.0, 4.0))
+    noise = rng.standard_normal((nq, x.shape[1])) / math.sqrt(x.shape[1])
+    return normalize(x[rows] + radius[:, None] * noise)
+
+
+def _tune(index: faiss.Index, x: np.ndarray, seed: int, k: int = 10) -> dict[str, Any]:
+    """Smallest efSearch / nprobe reaching TARGET_RECALL@k on seeded unseen-like queries."""
+    ivf = _ivf(index)
+    if ivf is not None:
+        ladder = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p < ivf.nlist]
+        ladder.append(ivf.nlist)
+        name = "nprobe"
+    elif "HNSW" in type(index).__name__:
+        ladder, name = [16, 32, 64, 128, 256, 512, 1024], "efSearch"
+    else:
+        return {}
+    n, d = x.shape
+    k = min(k, n)
+    if n < 2:
+        return {name: ladder[-1]}
+    queries = _tuning_queries(x, int(min(500, n, max(50, 2e10 // (n * d)))), seed)
+    exact = faiss.knn(queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    params: dict[str, Any] = {}
+    recall = 0.0
+    for value in ladder:
+        params = {name: value}
+        if ivf is not None and "HNSW" in type(faiss.downcast_index(ivf.quantizer)).__name__:
+            params["quantizer_efSearch"] = max(64, 2 * value)
+        _apply_parameters(index, params, k)
+        found = index.search(queries, k)[1]
+        recall = float(np.mean([len(np.intersect1d(f, e)) for f, e in zip(found, exact)])) / k
+        if recall >= TARGET_RECALL:
+            break
+    else:
+        logger.warning("index reaches recall@%d %.3f at most (%s=%s); quantized codes limit it",
+                       k, recall, name, ladder[-1])
+    params[f"recall_at_{k}"] = round(recall, 4)
+    return params
+
+
+class FaceIndex:
+    """A faiss inner-product index over unit vectors, with the face id of each row.
+
+    Attributes:
+        index: the faiss index.
+        ids: face id (str) of each indexed row, in insertion order.
+        factory: the faiss factory string.
+        parameters: search-time parameters (efSearch or nprobe) and the recall they reach.
+        infos: metadata written to ``index_infos.json``.
+    """
+
+    def __init__(self, index: faiss.Index, ids: list[str], factory: str,
+                 parameters: dict[str, Any], infos: dict[str, Any] | None = None) -> None:
+        self.index = index
+        self.ids = list(ids)
+        self.factory = factory
+        self.parameters = dict(parameters)
+        self.infos = dict(infos or {})
+        self._pos = {face_id: i for i, face_id in enumerate(self.ids)}
+        self._id_array: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    @classmethod
+    def build(cls, vectors: Any, ids: Sequence[Any], factory: str | None = None,
+              memory_budget_gb: float = 4.0, seed: int = 0) -> "FaceIndex":
+        """Index ``vectors`` (normalised here) under ``ids``.
+
+        Args:
+            vectors: (n, d) embeddings.
+            ids: one unique id per row (kept as strings).
+            factory: a faiss factory string; default :func:`choose_factory`.
+            memory_budget_gb: budget for :func:`choose_factory`.
+            seed: seeds the IVF training sample, k-means and the tuning queries.
+
+        IVF indexes are trained on a seeded sample; efSearch / nprobe are then set to the
+        smallest value reaching recall@10 >= 0.96 on a seeded sample of the data itself.
+        """
+        start = time.perf_counter()
+        x = normalize(vectors)
+        n, d = x.shape
+        if n == 0:
+            raise ProxytasksError("no vectors to index")
+        id_list = _check_ids(ids, n)
+        factory = factory or choose_factory(n, d, memory_budget_gb)
+        try:
+            index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise ProxytasksError(f"faiss cannot build factory {factory!r}: {exc}") from None
+        hnsw = faiss.downcast_index(index)
+        if hasattr(hnsw, "hnsw"):
+            hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        train_size = 0
+        if not index.is_trained:
+            ivf = _ivf(index)
+            if ivf is not None:
+                if n < ivf.nlist:
+                    raise ProxytasksError(f"{factory} needs at least {ivf.nlist} vectors to train, got "
+                                          f"{n}: use a smaller IVF or let the factory be chosen")
+                ivf.cp.seed = seed
+                ivf.cp.spherical = True
+                pq = getattr(ivf, "pq", None)
+                if pq is not None:
+                    pq.cp.seed = seed
+                train_size = min(n, max(64 * ivf.nlist, 20_000))
+            else:
+                train_size = min(n, 50_000)
+            rows = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
+            index.train(x[rows])
+        index.add(x)
+        parameters = _tune(index, x, seed)
+        infos = {"train_size": train_size, "seed": seed,
+                 "build_seconds": round(time.perf_counter() - start, 3)}
+        logger.info("indexed %d vectors as %s in %.1f s (%s)", n, factory,
+                    infos["build_seconds"], parameters)
+        return cls(index, id_list, factory, parameters, infos)
+
+    def add(self, vectors: Any, ids: Sequence[Any]) -> None:
+        """Add new faces (normalised here) without rebuilding; known ids are refused."""
+        x = normalize(vectors, self.dim)
+        new_ids = _check_ids(ids, len(x), self._pos)
+        if len(x) == 0:
+            return
+        self.index.add(x)
+        for face_id in new_ids:
+            self._pos[face_id] = len(self.ids)
+            self.ids.append(face_id)
+        self._id_array = None
+
+    def position(self, face_id: str) -> int:
+        """Row of ``face_id`` in the index."""
+        try:
+            return self._pos[str(face_id)]
+        except KeyError:
+            raise ProxytasksError(f"face id {face_id!r} is not in the index") from None
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar indexed rows of each query (normalised here).
+
+        Returns:
+            (sims, idx): (q, k) float32 cosine similarities, best first, and (q, k) int64
+            rows; where fewer than k were found, idx is -1 and sims is -inf.
+        """
+        if k < 1:
+            raise ProxytasksError(f"k must be at least 1, got {k}")
+        q = normalize(queries, self.dim, what="queries")
+        if len(q) == 0 or self.ntotal == 0:
+            return (np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))
+        _apply_parameters(self.index, self.parameters, k)
+        sims, idx = self.index.search(q, k)
+        idx = idx.astype(np.int64, copy=False)
+        sims = np.where(idx >= 0, sims, -np.inf).astype(np.float32)
+        return sims, idx
+
+    def ids_of(self, idx: Any) -> np.ndarray:
+        """Face ids (object array, same shape) of row numbers; None where idx is -1."""
+        if self._id_array is None:
+            self._id_array = np.array(self.ids + [None], dtype=object)
+        idx = np.asarray(idx, dtype=np.int64)
+        return self._id_array[np.where(idx >= 0, idx, len(self.ids))]
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``index.faiss``, ``ids.json`` and, last, ``index_infos.json`` atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{INDEX_FILE}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            faiss.write_index(self.index, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, folder / INDEX_FILE)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        with atomic_write(folder / IDS_FILE) as f:
+            json.dump(self.ids, f)
+        infos = {
+            **self.infos,
+            "format_version": FORMAT_VERSION,
+            "factory": self.factory,
+            "metric": "inner_product",
+            "normalized": True,
+            "n": self.ntotal,
+            "dim": self.dim,
+            "parameters": self.parameters,
+            "estimated_memory_bytes": estimate_memory(self.factory, self.ntotal, self.dim),
+            "index_bytes": (folder / INDEX_FILE).stat().st_size,
+            "index_sha256": _file_digest(folder / INDEX_FILE),
+            "ids_sha256": _ids_digest(self.ids),
+            "faiss_version": faiss.__version__,
+        }
+        with atomic_write(folder / INFOS_FILE) as f:
+            json.dump(infos, f, indent=2)
+        self.infos = infos
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "FaceIndex":
+        """Read a saved index, checking size, digests, dimension and count against the infos.
+
+        Raises:
+            ProxytasksError: naming the missing, truncated or mismatching file.
+        """
+        folder = Path(folder)
+        infos_path, index_path, ids_path = folder / INFOS_FILE, folder / INDEX_FILE, folder / IDS_FILE
+        rebuild = "; rebuild the index"
+        infos = _read_json(infos_path, dict)
+        if infos.get("format_version") != FORMAT_VERSION:
+            raise ProxytasksError(f"{infos_path}: format version {infos.get('format_version')!r}, "
+                                  f"this proxytasks reads {FORMAT_VERSION}{rebuild}")
+        if not index_path.is_file():
+            raise ProxytasksError(f"{index_path}: missing{rebuild}")
+        size = index_path.stat().st_size
+        if size != infos.get("index_bytes"):
+            raise ProxytasksError(f"{index_path}: {size} bytes, {infos_path.name} says "
+                                  f"{infos.get('index_bytes')} (truncated or replaced){rebuild}")
+        if _file_digest(index_path) != infos.get("index_sha256"):
+            raise ProxytasksError(f"{index_path}: content does not match the digest in "
+                                  f"{infos_path.name} (corrupt or replaced){rebuild}")
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as exc:
+            raise ProxytasksError(f"{index_path}: faiss cannot read it ({exc}){rebuild}") from None
+        if index.d != infos.get("dim") or index.ntotal != infos.get("n"):
+            raise ProxytasksError(f"{infos_path}: says {infos.get('n')} vectors of dimension "
+                                  f"{infos.get('dim')} but {index_path.name} holds {index.ntotal} "
+                                  f"of dimension {index.d}{rebuild}")
+        ids = _read_json(ids_path, list)
+        if len(ids) != index.ntotal or _ids_digest([str(i) for i in ids]) != infos.get("ids_sha256"):
+            raise ProxytasksError(f"{ids_path}: {len(ids)} ids that do not match {infos_path.name} "
+                                  f"({index.ntotal} vectors){rebuild}")
+        return cls(index, [str(i) for i in ids], infos["factory"], infos.get("parameters", {}), infos)
+
+
+def _read_json(path: Path, kind: type) -> Any:
+    if not path.is_file():
+        raise ProxytasksError(f"{path}: missing; the index folder is incomplete, rebuild the index")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProxytasksError(f"{path}: not valid JSON ({exc}); rebuild the index") from None
+    if not isinstance(value, kind):
+        raise ProxytasksError(f"{path}: expected a JSON {kind.__name__}; rebuild the index")
+    return value
+
+
+def knn_graph(vectors: Any, k: int, index: FaceIndex | None = None,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's k nearest other faces (never itself, even among exact duplicates).
+
+    Args:
+        vectors: (N, d) embeddings, normalised here.
+        k: neighbours per face.
+        index: an index over exactly these vectors in this order. When None one is built:
+            ``Flat`` (exact) while n * n * d <= 5e11 (about 15 s on 2 CPUs; brute force
+            beats building a graph there), otherwise :func:`choose_factory`.
+        seed: for the index built here.
+
+    Returns:
+        (sims, idx): (N, k) float32 and int64 row numbers, best first; -1 / -inf pad rows
+        with fewer than k neighbours found.
+    """
+    if k < 1:
+        raise ProxytasksError(f"k must be at least 1, got {k}")
+    x = normalize(vectors)
+    n = len(x)
+    if index is None:
+        exact = float(n) * n * x.shape[1] <= EXACT_KNN_WORK
+        index = FaceIndex.build(x, [str(i) for i in range(n)], factory="Flat" if exact else None,
+                                seed=seed)
+    elif index.ntotal != n or index.dim != x.shape[1]:
+        raise ProxytasksError(f"knn_graph: the index holds {index.ntotal} vectors of dimension "
+                              f"{index.dim}, the input {n} of dimension {x.shape[1]}")
+    kk = min(k + 1, n)
+    sims = np.full((n, k), -np.inf, np.float32)
+    idx = np.full((n, k), -1, np.int64)
+    if kk < 2:
+        return sims, idx
+    found_s, found_i = index.search(x, kk)
+    is_self = found_i == np.arange(n)[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), kk - 1)
+    keep = np.ones_like(is_self)
+    keep[np.arange(n), drop] = False
+    sims[:, : kk - 1] = found_s[keep].reshape(n, kk - 1)
+    idx[:, : kk - 1] = found_i[keep].reshape(n, kk - 1)
+    return sims, idx

@@ -1,0 +1,221 @@
+"""Few-shot naming on Gaussian blobs: heads, propagation, unknowns and label files."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proxytasks.errors import ProxytasksError
+from proxytasks.metrics import few_shot_draw, naming_accuracy
+from proxytasks.naming import NamingResult, name_faces, read_labels, write_names
+
+N_ID, PER, DIM = 10, 30, 32
+
+
+def blobs(seed: int, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """10 identities x 30 faces, 32-d, unit norm: 1-shot prototypes get about 50%."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(N_ID, DIM))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    ident = np.repeat(np.arange(N_ID), PER)
+    x = centres[ident] + noise * rng.normal(size=(len(ident), DIM))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), np.array([f"p{i}" for i in ident])
+
+
+def run(seed: int, k: int, **kwargs) -> tuple[float, NamingResult, np.ndarray, np.ndarray]:
+    """Accuracy over the faces not given, the result, the names and the drawn indices."""
+    x, names = blobs(seed)
+    drawn = few_shot_draw(names, k, np.random.default_rng(seed))
+    result = name_faces(x, {int(i): str(names[i]) for i in drawn}, seed=seed, **kwargs)
+    rest = np.setdiff1d(np.arange(len(x)), drawn)
+    acc = naming_accuracy(names[rest], np.array(result.names, dtype=object)[rest])
+    return acc, result, names, drawn
+
+
+@pytest.mark.parametrize("head", ["prototype", "linear"])
+def test_few_shot_accuracy_well_above_chance(head):
+    one = np.mean([run(s, 1, head=head)[0] for s in range(3)])
+    five = np.mean([run(s, 5, head=head)[0] for s in range(3)])
+    chance = 1 / N_ID
+    assert one > 3 * chance
+    assert five > one + 0.1
+
+
+def test_linear_head_no_worse_than_prototypes_with_one_shot():
+    proto = np.mean([run(s, 1, head="prototype")[0] for s in range(3)])
+    linear = np.mean([run(s, 1, head="linear")[0] for s in range(3)])
+    assert linear >= proto - 0.02
+    # zero fine-tuning steps is exactly the prototype classifier
+    a, b = run(0, 1, head="linear", steps=0)[1], run(0, 1, head="prototype")[1]
+    assert a.names == b.names and np.allclose(a.confidence, b.confidence)
+
+
+def test_given_faces_keep_their_names():
+    x, names = blobs(0)
+    named = {0: "p5", 40: "p1", 100: "p3"}  # face 0 is really p0: the given name wins
+    result = name_faces(x, named, head="prototype", unknown_threshold=0.999)
+    for i, name in named.items():
+        assert result.names[i] == name and result.source[i] == "given" and result.confidence[i] == 1
+    assert set(result.names) <= {"p5", "p1", "p3", None}
+    assert result.classes == ["p1", "p3", "p5"]
+
+
+def test_tracks_carry_names():
+    tracks = np.arange(N_ID * PER) // 5  # tracks of 5 faces of one identity
+    base = np.mean([run(s, 1)[0] for s in range(3)])
+    with_tracks = []
+    for s in range(3):
+        acc, result, names, drawn = run(s, 1, tracks=tracks)
+        with_tracks.append(acc)
+        for t in np.unique(tracks):
+            members = [i for i in np.flatnonzero(tracks == t) if i not in set(drawn.tolist())]
+            assert len({result.names[i] for i in members}) == 1
+            assert len({float(result.confidence[i]) for i in members}) == 1
+            assert {result.source[i] for i in members} == {"track"}
+        for i in drawn:
+            assert result.names[i] == names[i] and result.source[i] == "given"
+    assert np.mean(with_tracks) > base + 0.15
+
+
+def test_untracked_faces_use_the_classifier():
+    x, names = blobs(0)
+    tracks = np.full(len(x), -1)
+    tracks[:5] = 7
+    result = name_faces(x, {0: "p0", 30: "p1"}, tracks=tracks, head="prototype")
+    assert result.source[:5] == ["given"] + ["track"] * 4
+    assert set(result.source[5:]) - {"given"} == {"classifier"}
+    assert result.names[1:5] == ["p0"] * 4
+
+
+def test_pure_clusters_help():
+    ident = np.repeat(np.arange(N_ID), PER)
+    base = np.mean([run(s, 1)[0] for s in range(3)])
+    clustered = np.mean([run(s, 1, clusters=ident)[0] for s in range(3)])
+    assert clustered > base
+
+
+def test_impure_cluster_with_two_given_names_stays_silent():
+    # one cluster holds p0 and p1 in equal numbers, each with one given face: no name
+    # holds half of the cluster's mass, so the cluster carries nothing.
+    x, names = blobs(1)
+    ident = np.repeat(np.arange(N_ID), PER)
+    clusters = np.where(ident == 1, 0, ident)
+    named = {int(i): str(names[i]) for i in range(0, len(x), PER)}
+    plain = name_faces(x, named, head="prototype")
+    mixed = name_faces(x, named, clusters=clusters, head="prototype")
+    in_mixed = np.flatnonzero(clusters == 0)
+    assert [mixed.names[i] for i in in_mixed] == [plain.names[i] for i in in_mixed]
+    assert "cluster" not in {mixed.source[i] for i in in_mixed}
+
+
+def test_cluster_majority_speaks_but_a_given_minority_name_stays():
+    # cluster 0 = all 30 faces of p0 + 4 faces of p1; five p0 faces and one p1 face named
+    x, names = blobs(2)
+    ident = np.repeat(np.arange(N_ID), PER)
+    clusters = ident.copy()
+    minority = np.flatnonzero(ident == 1)[:4]
+    clusters[minority] = 0
+    named = {int(i): str(names[i]) for c in range(N_ID) for i in np.flatnonzero(ident == c)[:5]}
+    named = {i: n for i, n in named.items() if i not in set(minority[1:].tolist())}
+    assert named[int(minority[0])] == "p1"
+    plain = name_faces(x, named, head="prototype")
+    result = name_faces(x, named, clusters=clusters, head="prototype")
+    assert result.names[minority[0]] == "p1" and result.source[minority[0]] == "given"
+    p0 = np.flatnonzero(ident == 0)
+    # the majority's name reaches more of p0's faces than the classifier alone (28 vs 23)
+    assert sum(result.names[i] == "p0" for i in p0) >= sum(plain.names[i] == "p0" for i in p0) + 3
+    assert "cluster" in {result.source[i] for i in p0}
+    # a track holding the given p1 face protects its other faces from the majority
+    tracks = np.full(len(x), -1)
+    tracks[minority] = 0
+    result = name_faces(x, named, tracks=tracks, clusters=clusters, head="prototype")
+    assert [result.names[i] for i in minority] == ["p1"] * 4
+
+
+def test_unknown_threshold():
+    acc, result, names, drawn = run(0, 1, unknown_threshold=0.99)
+    unknown = [i for i, n in enumerate(result.names) if n is None]
+    assert unknown and all(result.source[i] == "unknown" for i in unknown)
+    assert all(result.confidence[i] < 0.99 for i in unknown)
+    assert all(result.names[i] is not None for i in drawn)
+    assert None not in run(0, 1)[1].names  # default: never unknown
+
+
+def test_deterministic_with_seed():
+    a, b = run(3, 5, head="linear")[1], run(3, 5, head="linear")[1]
+    assert a.names == b.names and np.array_equal(a.confidence, b.confidence)
+
+
+def test_no_names_and_bad_head():
+    x, _ = blobs(0)
+    result = name_faces(x, {})
+    assert result.names == [None] * len(x) and set(result.source) == {"unknown"}
+    with pytest.raises(ProxytasksError, match="head"):
+        name_faces(x, {0: "a"}, head="svm")
+    with pytest.raises(ProxytasksError, match="head"):
+        name_faces(x, {}, head="svm")
+    with pytest.raises(ValueError):
+        name_faces(x, {len(x): "a"})
+
+
+# ---------------------------------------------------------------- label files
+
+IDS = ["f0", "f1", "f2", "f3"]
+
+
+def test_read_labels_csv_and_jsonl(tmp_path: Path):
+    path = tmp_path / "labels.csv"
+    path.write_text("id,name\nf1,Ann\n\nf3, Bob \nf1,Ann\n")
+    assert read_labels(path, IDS) == {1: "Ann", 3: "Bob"}
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps({"id": "f0", "name": "Cy"}) + "\n\n" + json.dumps({"id": "f2", "name": "Di"}))
+    assert read_labels(path, IDS) == {0: "Cy", 2: "Di"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,name\nf1,Ann\nzz,Bob\n", r"labels.csv:3: id 'zz' is not a face"),
+    ("id,name\nf1,\n", r"labels.csv:2: id 'f1' has an empty name"),
+    ("id,name\nf1,Ann\nf2,Bob\nf1,Cy\n", r"labels.csv:4: id 'f1' is named 'Cy' here but 'Ann' on line 2"),
+    ("face,who\nf1,Ann\n", r"labels.csv:1: the header must name"),
+])
+def test_read_labels_errors(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    with pytest.raises(ProxytasksError, match=message):
+        read_labels(path, IDS)
+
+
+def test_read_labels_jsonl_errors(tmp_path: Path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"id": "f1", "name": "Ann"}\n{"id": "nope", "name": "Bob"}\n')
+    with pytest.raises(ProxytasksError, match=r"labels.jsonl:2: id 'nope'"):
+        read_labels(path, IDS)
+    path.write_text('{"id": "f1", "name": null}\n')
+    with pytest.raises(ProxytasksError, match="empty name"):
+        read_labels(path, IDS)
+    path.write_text("{not json\n")
+    with pytest.raises(ProxytasksError, match=r"labels.jsonl:1: not valid JSON"):
+        read_labels(path, IDS)
+    with pytest.raises(ProxytasksError, match="not found"):
+        read_labels(tmp_path / "absent.csv", IDS)
+
+
+def test_write_names_round_trip(tmp_path: Path):
+    result = NamingResult(["Ann", None, "Bob, Jr.", "Ann"], np.array([1.0, 0.2, 0.87654, 0.5]),
+                          ["given", "unknown", "track", "classifier"])
+    path = tmp_path / "out" / "names.csv"
+    write_names(path, IDS, result)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == IDS
+    assert [r["name"] for r in rows] == ["Ann", "", "Bob, Jr.", "Ann"]
+    assert [float(r["confidence"]) for r in rows] == [1.0, 0.2, 0.8765, 0.5]
+    assert [r["source"] for r in rows] == result.source
+    assert not [p for p in path.parent.iterdir() if p.name != "names.csv"]  # no temp file left
+    # the written names read back as labels once the unknown is left out
+    path.write_text("".join(line for line in path.read_text().splitlines(True) if ",," not in line))
+    assert read_labels(path, IDS) == {0: "Ann", 2: "Bob, Jr.", 3: "Ann"}
