@@ -30,6 +30,12 @@ Threshold rule (``threshold=None``), from the rule pairs and never from labels:
   nearest-neighbour similarity, ``median - 4 * 1.4826 * MAD``. Most faces have a
   same-person nearest neighbour; an edge far below those is taken for a different
   person. This is a heuristic: prefer giving cannot-links.
+
+Single linkage can chain two people through a few look-alike faces; the held-out rule
+then stops early (a high threshold, more clusters), which errs on the side a human can
+fix by naming. No average-link check is made. Results are deterministic for a given
+seed when the kNN graph is exact (``Flat``, up to about 60k faces of 128-d); an HNSW
+graph built with several threads can differ slightly between runs.
 """
 from __future__ import annotations
 
@@ -217,7 +223,7 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
     """Cluster faces with the number of people unknown (see the module docstring).
 
     Args:
-        vectors: (N, d) embeddings (normalised on input).
+        vectors: (N, d) embeddings (normalised on input); may be None when ``knn`` is given.
         groups: (N,) must-link group code per face (e.g. track code), -1 for none.
         cannot_links: (M, 2) face index pairs known to be different people.
         k: neighbours per face in the kNN graph.
@@ -236,6 +242,10 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
         sims, idx = knn_graph(vectors, k, index=index, seed=seed)
     else:
         sims, idx = (np.asarray(v) for v in knn)
+        if sims.shape != idx.shape or idx.ndim != 2:
+            raise ProxytasksError(f"knn: sims {sims.shape} and idx {idx.shape} must be equal (N, k)")
+        if vectors is not None and len(vectors) != len(idx):
+            raise ProxytasksError(f"knn: {len(idx)} rows for {len(vectors)} vectors")
     knn_seconds = time.perf_counter() - start
     n = len(idx)
     parent = _must_link_parent(n, groups)
