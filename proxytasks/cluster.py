@@ -3,10 +3,12 @@
 The method is single linkage on the kNN graph with cannot-link blocking (never an
 N x N matrix):
 
-1. every must-link group (a track) becomes one component;
-2. kNN edges are visited by decreasing cosine similarity; an edge merges its two
-   components when its similarity is at least the threshold and no cannot-link joins
-   them. Each component keeps the components it cannot join (merged small into large),
+1. every must-link group (a track) becomes one component, represented by the
+   normalised mean of its faces (so a track's near-duplicate faces do not fill each
+   other's neighbour lists and hide the other tracks of the same person);
+2. kNN edges between components are visited by decreasing cosine similarity; an edge
+   merges its two components when its similarity is at least the threshold and no
+   cannot-link joins them. Each component keeps the components it cannot join (merged small into large),
    so the check is one dictionary look-up.
 
 Must-links are never split and cannot-links never end inside one cluster. A cannot-link
@@ -168,10 +170,13 @@ def _check_cannot_links(cannot_links: np.ndarray | None, n: int) -> np.ndarray:
     return pairs.astype(np.int64)
 
 
-def _edges(sims: np.ndarray, idx: np.ndarray) -> tuple[list[int], list[int], np.ndarray]:
-    """Undirected kNN edges (a, b, sim), each once, by decreasing similarity."""
+def _edges(sims: np.ndarray, idx: np.ndarray, rows: np.ndarray | None = None
+           ) -> tuple[list[int], list[int], np.ndarray]:
+    """Undirected kNN edges (a, b, sim), each once, by decreasing similarity; ``rows`` is
+    the face id of each row of the graph (default: row i is face i)."""
     n, k = idx.shape
-    src = np.repeat(np.arange(n, dtype=np.int64), k)
+    src = np.repeat(np.arange(n, dtype=np.int64) if rows is None else rows, k)
+    n = max(n, int(idx.max(initial=0)) + 1, int(src.max(initial=0)) + 1)
     dst, s = idx.ravel().astype(np.int64), sims.ravel().astype(np.float64)
     ok = (dst >= 0) & (dst != src) & np.isfinite(s)
     a, b, s = np.minimum(src, dst)[ok], np.maximum(src, dst)[ok], s[ok]
@@ -238,7 +243,10 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
         ClusterResult with labels, the threshold and an info dict.
     """
     start = time.perf_counter()
-    if knn is None:
+    rows = None
+    if knn is None and groups is not None and index is None:
+        sims, idx, rows = _component_knn(vectors, _must_link_parent(len(vectors), groups), k, seed)
+    elif knn is None:
         sims, idx = knn_graph(vectors, k, index=index, seed=seed)
     else:
         sims, idx = (np.asarray(v) for v in knn)
@@ -247,7 +255,7 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
         if vectors is not None and len(vectors) != len(idx):
             raise ProxytasksError(f"knn: {len(idx)} rows for {len(vectors)} vectors")
     knn_seconds = time.perf_counter() - start
-    n = len(idx)
+    n = len(idx) if rows is None else len(vectors)
     parent = _must_link_parent(n, groups)
     pairs = _check_cannot_links(cannot_links, n)
     info: dict[str, Any] = {"faces": n, "k": int(idx.shape[1]) if idx.ndim == 2 else 0,
@@ -260,7 +268,7 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
                        "and they are ignored", int(conflict.sum()))
     root_pairs = np.unique(root_pairs[~conflict], axis=0)
     info["cannot_linked_component_pairs"] = len(root_pairs)
-    a, b, s = _edges(sims, idx)
+    a, b, s = _edges(sims, idx, rows)
     info["edges"] = len(s)
 
     rule = "given"
@@ -291,6 +299,22 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
                  "seconds": round(time.perf_counter() - start, 3)})
     logger.info("%d faces -> %d clusters at threshold %.4f (%s)", n, len(first), threshold, rule)
     return ClusterResult(labels=labels, threshold=threshold, info=info)
+
+
+def _component_knn(vectors: Any, parent: np.ndarray, k: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """kNN graph between must-link components (normalised mean vectors), with face ids:
+    (sims, idx as the root face of each neighbour, root face of each row)."""
+    from .index import normalize
+
+    x = normalize(vectors)
+    roots, inverse = np.unique(parent, return_inverse=True)
+    if len(roots) < 2:
+        return np.zeros((len(roots), 0)), np.zeros((len(roots), 0), np.int64), roots
+    centroids = np.zeros((len(roots), x.shape[1]), np.float64)
+    np.add.at(centroids, inverse, x)
+    sims, idx = knn_graph(centroids.astype(np.float32), min(k, len(roots) - 1), seed=seed)
+    return sims, np.where(idx >= 0, roots[np.maximum(idx, 0)], -1), roots
 
 
 def _calibrate(parent: np.ndarray, root_pairs: np.ndarray, a: list[int], b: list[int],
