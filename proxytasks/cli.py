@@ -134,18 +134,26 @@ def import_detections_cmd(table: Path, out: Path, image_template: str | None) ->
 @click.option("--fps", default=8.0, show_default=True, help="Frames per second.")
 @click.option("--max-people", default=4, show_default=True, help="Most people in one frame.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--labels-per-person", default=0, show_default=True,
+              help="Also write labels.csv: this many faces named per person, as a human would type.")
 @click.pass_context
 def synth(ctx: click.Context, out: Path, identities: Path | None, n_identities: int, shots: int,
-          fps: float, max_people: int, seed: int) -> None:
+          fps: float, max_people: int, seed: int, labels_per_person: int) -> None:
     """Render a synthetic episode: frames, a manifest with boxes and identities, truth."""
+    from data_tools.labels import draw_labels, write_labels
     from data_tools.synthetic import make_episode
     from .manifest import Manifest
 
     ids = Manifest.read(identities) if identities is not None else None
     path = make_episode(out, ids, n_identities=n_identities, n_shots=shots, fps=fps,
                         max_people=max_people, seed=seed, progress=_progress(ctx))
-    s = Manifest.read(path, check_files=False).summary()
+    m = Manifest.read(path, check_files=False)
+    s = m.summary()
     click.echo(f"wrote {path}: {s['faces']} faces in {s['frames']} frames, {s['identities']} identities")
+    if labels_per_person:
+        labels = draw_labels(m, labels_per_person, seed)
+        write_labels(out / "labels.csv", labels)
+        click.echo(f"wrote {out / 'labels.csv'}: {len(labels)} names")
 
 
 # --------------------------------------------------------------------------- track
@@ -297,14 +305,14 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
 
 
 @cli.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.argument("run", type=click.Path(path_type=Path))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Embeddings file (.npz).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="DataLoader workers for decoding faces.")
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
-def embed(ctx: click.Context, run_dir: Path, manifest: Path, out: Path, batch_size: int, workers: int,
+def embed(ctx: click.Context, run: Path, manifest: Path, out: Path, batch_size: int, workers: int,
           device: str) -> None:
     """Embed every face of MANIFEST with the model in RUN."""
     from .embed import embed_manifest
@@ -313,7 +321,7 @@ def embed(ctx: click.Context, run_dir: Path, manifest: Path, out: Path, batch_si
     from .models import select_device
 
     m = Manifest.read(manifest)
-    emb = embed_manifest(Embedder.load(run_dir), m, batch_size, workers, _progress(ctx),
+    emb = embed_manifest(Embedder.load(run), m, batch_size, workers, _progress(ctx),
                          str(select_device(device)))
     emb.save(out)
     click.echo(f"wrote {out}: {emb.vectors.shape[0]} faces x {emb.vectors.shape[1]} dims")
@@ -351,3 +359,117 @@ def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weig
         naming = " ".join(f"{k}-shot {'-' if v is None else f'{v:.3f}'}" for k, v in m["naming"].items())
         click.echo(f"  {name:<11} naming {naming} | bcubed F1 {m['clustering']['bcubed_f1']:.3f} "
                    f"({m['clustering']['clusters']} clusters) | AUC {m['verification']['roc_auc']}")
+
+
+# --------------------------------------------------------------------------- index, clusters, names
+@cli.command()
+@click.argument("emb", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Index folder.")
+@click.option("--factory", default=None, help="faiss factory string (default: chosen from size and memory).")
+@click.option("--memory-gb", default=4.0, show_default=True, help="Memory budget for the automatic choice.")
+@click.option("--add", is_flag=True, help="Add the faces of EMB that are new to an existing index.")
+def index(emb: Path, out: Path, factory: str | None, memory_gb: float, add: bool) -> None:
+    """Build a FAISS index over the embeddings EMB (index_infos.json beside it)."""
+    from .embed import Embeddings
+    from .index import FaceIndex
+
+    e = Embeddings.load(emb)
+    if add:
+        idx = FaceIndex.load(out)
+        new = [k for k, face_id in enumerate(e.ids) if face_id not in set(idx.ids)]
+        idx.add(e.vectors[new], [e.ids[k] for k in new])
+        click.echo(f"added {len(new)} faces")
+    else:
+        idx = FaceIndex.build(e.vectors, e.ids, factory=factory, memory_budget_gb=memory_gb)
+    idx.save(out)
+    click.echo(f"wrote {out}: {idx.factory}, {len(idx)} faces x {idx.dim} dims")
+
+
+@cli.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(path_type=Path))
+@click.argument("emb", type=click.Path(path_type=Path))
+@click.option("--id", "face_ids", multiple=True, required=True, help="Face id to query (repeatable).")
+@click.option("-k", default=10, show_default=True, help="Neighbours per query.")
+def search(index_dir: Path, emb: Path, face_ids: tuple[str, ...], k: int) -> None:
+    """The k nearest faces in INDEX of the given faces of EMB."""
+    from .embed import Embeddings
+    from .index import FaceIndex
+
+    idx, e = FaceIndex.load(index_dir), Embeddings.load(emb)
+    pos = {face_id: i for i, face_id in enumerate(e.ids)}
+    missing = [f for f in face_ids if f not in pos]
+    if missing:
+        raise ProxytasksError(f"{emb}: no face with id {', '.join(map(repr, missing))}")
+    sims, found = idx.search(e.vectors[[pos[f] for f in face_ids]], k)
+    for query, row_s, row_i in zip(face_ids, sims, idx.ids_of(found)):
+        for rank, (s, face_id) in enumerate(zip(row_s, row_i), 1):
+            if face_id is not None:
+                click.echo(f"{query}\t{rank}\t{face_id}\t{s:.4f}")
+
+
+@cli.command()
+@click.argument("emb", type=click.Path(path_type=Path))
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("pairs", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="CSV id,cluster.")
+@click.option("-k", default=10, show_default=True, help="Neighbours per track in the kNN graph.")
+@click.option("--threshold", type=float, default=None, help="Similarity to merge (default: from held-out cannot-links).")
+@click.option("--seed", default=0, show_default=True)
+def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold: float | None, seed: int) -> None:
+    """Cluster faces into people: tracks kept whole, cannot-linked faces kept apart."""
+    from .benchmark import constraint_arrays
+    from .cluster import cluster_faces, write_clusters
+    from .embed import Embeddings
+    from .evaluate import cluster_report
+    from .manifest import Manifest
+    from .pairs import PairSet
+
+    m = Manifest.read(manifest, check_files=False)
+    ids = [f.id for f in m.faces]
+    e = Embeddings.load(emb)
+    if e.ids != ids:
+        raise ProxytasksError(f"{emb} does not hold the faces of {manifest} in order; embed that manifest")
+    groups, cannot = constraint_arrays(m, PairSet.load(pairs, face_ids=ids))
+    result = cluster_faces(e.vectors, groups=groups, cannot_links=cannot, k=k, threshold=threshold, seed=seed)
+    write_clusters(out, ids, result.labels)
+    click.echo(f"wrote {out}: {result.labels.max() + 1} clusters at threshold {result.threshold:.4f}")
+    for key, value in cluster_report(m, result.labels).items():
+        click.echo(f"  {key:<10} {value if not isinstance(value, float) else round(value, 4)}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("emb", type=click.Path(path_type=Path))
+@click.argument("labels", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="CSV id,name,confidence,source.")
+@click.option("--manifest", type=click.Path(path_type=Path), default=None, help="Carry names along its tracks.")
+@click.option("--clusters", type=click.Path(path_type=Path), default=None, help="Carry names along these clusters.")
+@click.option("--head", type=click.Choice(["linear", "prototype"]), default="linear", show_default=True)
+@click.option("--unknown-threshold", type=float, default=None, help="Below this confidence a face is unknown.")
+@click.option("--seed", default=0, show_default=True)
+def name(run: Path, emb: Path, labels: Path, out: Path, manifest: Path | None, clusters: Path | None,
+         head: str, unknown_threshold: float | None, seed: int) -> None:
+    """Name every face from a few names (LABELS: CSV id,name) over the embedding of RUN."""
+    from .cluster import read_clusters
+    from .embed import Embeddings
+    from .naming import name_faces, read_labels, write_names
+
+    e = Embeddings.load(emb)
+    config = run / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("backbone") != e.meta.get("backbone"):
+        raise ProxytasksError(f"{emb} was not embedded with the model of {run}")
+    tracks = None
+    if manifest is not None:
+        from .manifest import Manifest
+        from .rules import FaceColumns
+
+        m = Manifest.read(manifest, check_files=False)
+        if [f.id for f in m.faces] != e.ids:
+            raise ProxytasksError(f"{manifest} does not hold the faces of {emb} in order")
+        tracks = FaceColumns.from_manifest(m).track
+    groups = read_clusters(clusters, e.ids) if clusters is not None else None
+    result = name_faces(e.vectors, read_labels(labels, e.ids), tracks=tracks, clusters=groups,
+                        unknown_threshold=unknown_threshold, head=head, seed=seed)
+    write_names(out, e.ids, result)
+    named = sum(n is not None for n in result.names)
+    click.echo(f"wrote {out}: {named} of {len(e.ids)} faces named, {len(set(result.names) - {None})} names")

@@ -19,9 +19,12 @@ counts it.
 Threshold rule (``threshold=None``), from the rule pairs and never from labels:
 
 - with cannot-links: a seeded fraction ``holdout`` of the distinct cannot-linked pairs
-  of components (after must-links) is held out; the merge process runs with the other
-  cannot-links enforced, watching the held-out ones, and stops at the first merge that
-  would put more than ``max_violation`` of them inside one cluster. The threshold is
+  of components (after must-links) is held out; the merge process runs without
+  enforcing any cannot-link (plain single linkage), watching the held-out ones, and
+  stops at the first merge that would put more than ``max_violation`` of them inside
+  one cluster. (Enforcing the other links during this sweep hides the chaining: they
+  block merges between two people before any held-out link is touched, and the sweep
+  runs to the last edge.) The threshold is
   the midpoint between that edge's similarity and the next higher one, i.e. the
   loosest threshold that respects the budget. Then the real run enforces every
   cannot-link. Only the order of the edges matters, so any monotone change of the
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -328,7 +332,8 @@ def _calibrate(parent: np.ndarray, root_pairs: np.ndarray, a: list[int], b: list
     allowed = int(math.floor(max_violation * n_hold + 1e-9))
     comp = _Components(parent.copy())
     for (ra, rb), h in zip(root_pairs.tolist(), held.tolist()):
-        (comp.watch if h else comp.cannot).add(ra, rb)
+        if h:
+            comp.watch.add(ra, rb)
     _, _, stop = _run(comp, a, b, s, -math.inf, allowed)
     if stop is None:
         threshold = float(s[-1]) if len(s) else 1.0
@@ -341,3 +346,36 @@ def _calibrate(parent: np.ndarray, root_pairs: np.ndarray, a: list[int], b: list
             "heldout_violations": comp.violations,
             "heldout_violation_rate": round(comp.violations / n_hold, 4)}
     return threshold, info
+
+
+def write_clusters(path: str | os.PathLike, ids: list[str], labels: np.ndarray) -> None:
+    """Write ``id,cluster`` as CSV, atomically."""
+    from .fileio import atomic_write
+
+    with atomic_write(path) as fh:
+        fh.write("id,cluster\n")
+        for face_id, label in zip(ids, labels.tolist()):
+            fh.write(f"{face_id},{label}\n")
+
+
+def read_clusters(path: str | os.PathLike, ids: list[str]) -> np.ndarray:
+    """Cluster id per face of ``ids`` from an ``id,cluster`` CSV (-1 where absent)."""
+    import csv
+
+    pos = {face_id: i for i, face_id in enumerate(ids)}
+    out = np.full(len(ids), -1, np.int64)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"id", "cluster"} <= set(reader.fieldnames):
+                raise ProxytasksError(f"{path}: expected a CSV with columns id,cluster")
+            for line, row in enumerate(reader, 2):
+                if row["id"] not in pos:
+                    raise ProxytasksError(f"{path}:{line}: unknown face id {row['id']!r}")
+                try:
+                    out[pos[row["id"]]] = int(row["cluster"])
+                except (TypeError, ValueError):
+                    raise ProxytasksError(f"{path}:{line}: cluster {row['cluster']!r} is not an integer") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProxytasksError(f"{path}: cannot read clusters: {e}") from None
+    return out

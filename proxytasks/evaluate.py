@@ -119,3 +119,17 @@ def track_quality(manifest: Manifest, appearances: Sequence[str | None] | None =
             report["fragmentation"] = float(np.mean([len(s) for s in spans.values()]))
             report["appearances"] = len(spans)
     return report
+
+
+def cluster_report(manifest: Manifest, labels: np.ndarray) -> dict[str, Any]:
+    """Cluster counts, plus purity, NMI and BCubed F1 over the faces with an identity."""
+    from .metrics import clustering_metrics
+
+    sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, int)
+    report: dict[str, Any] = {"clusters": int(len(sizes)), "largest": int(sizes.max(initial=0)),
+                              "singletons": int((sizes == 1).sum())}
+    known = np.array([f.identity is not None for f in manifest.faces])
+    if known.any():
+        truth = [f.identity for f in manifest.faces if f.identity is not None]
+        report.update({k: v for k, v in clustering_metrics(truth, labels[known]).items() if k != "clusters"})
+    return report

@@ -196,8 +196,8 @@ class GroupBatcher:
         same = (g[a] == g[b]) & ((faces[a] != faces[b]) | (views[a] != views[b]))
         lo, hi = np.minimum(g[a], g[b]), np.maximum(g[a], g[b])
         key = lo * self.n + hi
-        pos = np.searchsorted(self.keys, key)
-        diff = (pos < len(self.keys)) & (self.keys[np.minimum(pos, len(self.keys) - 1)] == key)
+        pos = np.minimum(np.searchsorted(self.keys, key), max(len(self.keys) - 1, 0))
+        diff = self.keys[pos] == key if len(self.keys) else np.zeros(len(key), dtype=bool)
         t = lambda x: torch.from_numpy(x.astype(np.int64))  # noqa: E731
         return faces, views, (t(a[same]), t(b[same]), t(a[diff]), t(b[diff]))
 
@@ -218,10 +218,10 @@ def _features(embedder: Embedder, manifest: Manifest, cfg: TrainConfig, run: Pat
         except (OSError, ValueError, KeyError):
             logger.warning("ignoring unreadable feature cache %s", path)
     feats = trunk_features(embedder, manifest, cfg.views, cfg.batch_size, cfg.workers, cfg.seed,
-                           progress, device)
+                           progress, device).astype(np.float16)
     with atomic_write(path, "wb", gz=False) as fh:
-        np.savez(fh, features=feats.astype(np.float16), key=np.array(json.dumps(key)))
-    return feats
+        np.savez(fh, features=feats, key=np.array(json.dumps(key)))
+    return feats.astype(np.float32)  # as a resumed run reads them back
 
 
 def _init_head(embedder: Embedder, feats: np.ndarray, cons_pairs: tuple, cfg: TrainConfig) -> np.ndarray | None:
@@ -312,12 +312,12 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
         step_time = 0.9 * step_time + 0.1 * (time.perf_counter() - t0) if step_time else time.perf_counter() - t0
         if step % cfg.eval_every == 0 or step == total:
             score = _score(embedder, plain, vpos, vneg)
-            log.append({"step": step, "loss": float(loss), "val_auc": score,
+            log.append({"step": step, "loss": loss.item(), "val_auc": score,
                         "seconds": round(time.perf_counter() - start, 3)})
             best = _keep_best(best, score, embedder, step)
             _checkpoint(ckpt, embedder, opt, step, log, best)
             embedder.train()
-        bar.set_postfix(loss=f"{float(loss):.4f}", pairs_s=f"{seen_pairs / max(time.perf_counter() - start, 1e-9):.0f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", pairs_s=f"{seen_pairs / max(time.perf_counter() - start, 1e-9):.0f}")
         bar.update(1)
     bar.close()
     if best["state"] is None or step % cfg.eval_every:

@@ -44,3 +44,21 @@ def orl_identities(tmp_path_factory):
 
     root = shared("orl_faces")
     return import_folders(root, tmp_path_factory.mktemp("orl") / "orl.jsonl")
+
+
+@pytest.fixture(scope="session")
+def small_episode(tmp_path_factory):
+    """A small tracked episode with its rule pairs: (folder, manifest, pairs)."""
+    from data_tools.synthetic import make_episode
+    from proxytasks.manifest import Manifest
+    from proxytasks.rules import RuleSet
+    from proxytasks.track import track_manifest
+
+    out = tmp_path_factory.mktemp("small_episode")
+    make_episode(out / "ep", n_identities=4, n_shots=4, fps=4, seed=2, progress=False)
+    tracked = track_manifest(Manifest.read(out / "ep" / "manifest.jsonl"), progress=False)
+    tracked.write(out / "tracked.jsonl")
+    tracked = Manifest.read(out / "tracked.jsonl")
+    pairs = RuleSet("same-frame,same-track,track-cooccurrence").apply(tracked)
+    pairs.save(out / "pairs.npz")
+    return out, tracked, pairs

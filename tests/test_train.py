@@ -1,0 +1,121 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from proxytasks.embedder import Embedder
+from proxytasks.errors import ProxytasksError
+from proxytasks.manifest import Face, Manifest
+from proxytasks.pairs import PairSet, RuleInfo
+from proxytasks.rules import RuleSet
+from proxytasks.train import Constraints, GroupBatcher, TrainConfig, holdout_mask, pair_auc, train
+
+FAST = dict(steps=30, eval_every=10, dim=32)
+
+
+def run(tmp_path, name, manifest, pairs, **kw):
+    folder = tmp_path / name
+    return folder, train(manifest, pairs, folder, TrainConfig(**{**FAST, **kw}), progress=False)
+
+
+def test_run_folder_holds_model_config_log_and_safe_checkpoint(tmp_path, small_episode):
+    _, manifest, pairs = small_episode
+    folder, summary = run(tmp_path, "run", manifest, pairs)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["backbone"] == "tf_efficientnet_lite0" and cfg["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert {"torch", "timm", "proxytasks"} <= set(cfg["versions"])
+    assert cfg["options"]["steps"] == 30 and cfg["train"]["steps"] == 30
+    assert summary["loss"] == "track-supcon" and summary["selected"] in ("pretrained", "kissme", "trained")
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [10, 20, 30]
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 30
+    model = Embedder.load(folder)
+    x = torch.randn(2, 3, 128, 128)
+    out = model(x)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_identity_is_never_read(tmp_path, small_episode):
+    _, manifest, pairs = small_episode
+    names = [f.identity for f in manifest]
+    shuffled = manifest.replace(identity=list(np.random.default_rng(0).permutation(names)))
+    a, _ = run(tmp_path, "a", manifest, pairs, init="random")
+    b, _ = run(tmp_path, "b", shuffled, RuleSet("same-frame,same-track,track-cooccurrence").apply(shuffled),
+               init="random")
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ca = torch.load(a / "checkpoint.pt", weights_only=True)["head"]
+    cb = torch.load(b / "checkpoint.pt", weights_only=True)["head"]
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, small_episode):
+    _, manifest, pairs = small_episode
+    full, _ = run(tmp_path, "full", manifest, pairs, steps=40)
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(full / "features.npz", part / "features.npz")  # the cached trunk features
+    train(manifest, pairs, part, TrainConfig(**{**FAST, "steps": 20}), progress=False)
+    summary = train(manifest, pairs, part, TrainConfig(**{**FAST, "steps": 40}), resume=True, progress=False)
+    assert summary["steps"] == 40
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
+    assert all(torch.allclose(a["head"][k], b["head"][k], atol=1e-6) for k in a["head"])
+    assert json.loads(a["log"]) [-1]["loss"] == pytest.approx(json.loads(b["log"])[-1]["loss"], rel=1e-5)
+
+
+def test_time_budget_stops_cleanly_and_saves(tmp_path, small_episode):
+    _, manifest, pairs = small_episode
+    folder = tmp_path / "budget"
+    folder.mkdir()
+    shutil.copy(small_episode[0] / "tracked.jsonl", folder / "unused.jsonl")
+    summary = train(manifest, pairs, folder, TrainConfig(dim=32, time_budget=3.0, steps=None), progress=False)
+    assert summary["stopped"] == "time budget"
+    assert (folder / "model.safetensors").is_file() and Embedder.load(folder).dim in (32, 1280)
+
+
+def test_photos_without_pairs_train_self_supervised(tmp_path, small_episode):
+    _, manifest, _ = small_episode
+    photos = Manifest([Face(id=f.id, media=f"photo{k}", image=f.image, bbox=f.bbox) for k, f in
+                       enumerate(manifest.faces[:40])], manifest.root)
+    pairs = RuleSet("same-photo").apply(photos)
+    assert len(pairs) == 0
+    _, summary = run(tmp_path, "photos", photos, pairs, steps=10, views=("plain", "flip"))
+    assert summary["loss"] == "ntxent" and summary["selected"] == "trained"
+
+
+def test_batches_take_negatives_only_from_cannot_links():
+    # groups: track A = faces 0-3, track B = 4-7, track C = 8-11; A and B share frames
+    n = 12
+    i = [0, 0, 4, 8]
+    j = [4, 5, 6, 9]
+    ps = PairSet(np.array([0, 1, 2, 4, 5, 6, 8, 9, 10] + i[:2]), np.array([1, 2, 3, 5, 6, 7, 9, 10, 11] + j[:2]),
+                 np.array([0] * 9 + [1] * 2), [RuleInfo("same-track", "same", 1), RuleInfo("same-frame", "different", 1)],
+                 n_faces=n)
+    cons = Constraints.from_pairs(ps)
+    assert len(np.unique(cons.group)) == 3 and cons.cannot.shape == (1, 2)
+    batcher = GroupBatcher(cons, np.ones(n, bool), 1, TrainConfig(groups_per_batch=3, faces_per_group=3))
+    for step in range(5):
+        faces, views, (a1, p, a2, neg) = batcher.batch(step)
+        g = cons.group[faces]
+        assert (g[a1.numpy()] == g[p.numpy()]).all()
+        pairs = {tuple(sorted(x)) for x in zip(g[a2.numpy()].tolist(), g[neg.numpy()].tolist())}
+        assert pairs == {tuple(sorted((cons.group[0], cons.group[4])))}
+        assert cons.group[8] not in g  # C has no cannot-link: never an anchor while others have
+    with pytest.raises(ProxytasksError, match="no training pairs"):
+        GroupBatcher(Constraints(np.arange(3), np.zeros((0, 2), np.int64), np.zeros(0)), np.ones(3, bool), 1,
+                     TrainConfig())
+
+
+def test_holdout_chunks_and_auc():
+    faces = [Face(id=str(k), media="v", frame=k, crop="x") for k in range(100)]
+    val = holdout_mask(Manifest(faces), 0.2, seed=0)
+    assert val.sum() == 20 and np.array_equal(val, holdout_mask(Manifest(faces), 0.2, seed=0))
+    runs = np.flatnonzero(np.diff(val.astype(int)))  # two contiguous chunks at most 4 edges
+    assert len(runs) <= 4
+    assert pair_auc(np.array([0.9, 0.8]), np.array([0.1, 0.85])) == 0.75
+    assert pair_auc(np.array([]), np.array([0.1])) is None
