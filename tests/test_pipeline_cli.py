@@ -1,0 +1,90 @@
+"""train -> embed -> index -> search -> cluster -> name through the command line."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from proxytasks.cli import cli
+from proxytasks.embed import Embeddings
+from proxytasks.errors import ProxytasksError
+
+
+def invoke(*args):
+    res = CliRunner().invoke(cli, ["-q", *map(str, args)])
+    return res
+
+
+@pytest.fixture(scope="module")
+def pipeline(small_episode, tmp_path_factory):
+    folder, manifest, _ = small_episode
+    out = tmp_path_factory.mktemp("pipeline")
+    tracked, pairs = folder / "tracked.jsonl", folder / "pairs.npz"
+    res = invoke("train", tracked, pairs, "-o", out / "run", "--steps", 20, "--dim", 32)
+    assert res.exit_code == 0, res.output
+    res = invoke("embed", out / "run", tracked, "-o", out / "emb.npz")
+    assert res.exit_code == 0, res.output
+    return out, tracked, pairs, manifest
+
+
+def test_embeddings_file(pipeline):
+    out, _, _, manifest = pipeline
+    e = Embeddings.load(out / "emb.npz")
+    assert e.ids == [f.id for f in manifest] and e.vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(e.vectors, axis=1), 1, atol=1e-5)
+    raw = (out / "emb.npz").read_bytes()
+    (out / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ProxytasksError, match="not a proxytasks embeddings file"):
+        Embeddings.load(out / "cut.npz")
+
+
+def test_index_search_add(pipeline):
+    out, _, _, manifest = pipeline
+    res = invoke("index", out / "emb.npz", "-o", out / "index")
+    assert res.exit_code == 0, res.output
+    infos = json.loads((out / "index" / "index_infos.json").read_text())
+    assert infos["factory"] == "Flat" and infos["n"] == len(manifest)
+    first = manifest[0].id
+    res = invoke("search", out / "index", out / "emb.npz", "--id", first, "-k", 3)
+    assert res.exit_code == 0, res.output
+    rows = [line.split("\t") for line in res.output.strip().splitlines()]
+    assert rows[0][2] == first and float(rows[0][3]) == pytest.approx(1.0, abs=1e-4) and len(rows) == 3
+    assert invoke("index", out / "emb.npz", "-o", out / "index", "--add").output.startswith("added 0 faces")
+    res = invoke("search", out / "index", out / "emb.npz", "--id", "nobody")
+    assert res.exit_code == 2 and "nobody" in res.output
+
+
+def test_cluster_and_name(pipeline, tmp_path):
+    out, tracked, pairs, manifest = pipeline
+    res = invoke("cluster", out / "emb.npz", tracked, pairs, "-o", out / "clusters.csv")
+    assert res.exit_code == 0, res.output
+    assert "bcubed_f1" in res.output
+    clusters = {r["id"]: int(r["cluster"]) for r in csv.DictReader(open(out / "clusters.csv"))}
+    by_track = {}
+    for f in manifest:
+        by_track.setdefault(f.track, set()).add(clusters[f.id])
+    assert all(len(c) == 1 for c in by_track.values())  # tracks never split
+    first = {}
+    for f in manifest:
+        first.setdefault(f.identity, f.id)
+    (tmp_path / "labels.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for n, i in first.items()))
+    res = invoke("name", out / "run", out / "emb.npz", tmp_path / "labels.csv", "-o", out / "names.csv",
+                 "--manifest", tracked, "--clusters", out / "clusters.csv")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(out / "names.csv")))
+    truth = {f.id: f.identity for f in manifest}
+    accuracy = np.mean([r["name"] == truth[r["id"]] for r in rows])
+    assert accuracy > 0.8
+    assert all(r["name"] == truth[r["id"]] and r["source"] == "given" for r in rows if r["id"] in first.values())
+    (tmp_path / "bad.csv").write_text("id,name\nnobody,Ann\n")
+    res = invoke("name", out / "run", out / "emb.npz", tmp_path / "bad.csv", "-o", tmp_path / "n.csv")
+    assert res.exit_code == 2 and "bad.csv:2" in res.output and "nobody" in res.output
+
+
+def test_missing_run_and_weights_errors(tmp_path, pipeline):
+    _, tracked, _, _ = pipeline
+    res = invoke("embed", tmp_path / "norun", tracked, "-o", tmp_path / "e.npz")
+    assert res.exit_code == 2 and "run folder" in res.output
+    res = invoke("train", tracked, tmp_path / "missing.npz", "-o", tmp_path / "r")
+    assert res.exit_code == 2 and "pairs file not found" in res.output
