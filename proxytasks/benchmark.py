@@ -20,19 +20,10 @@ import numpy as np
 from .errors import ProxytasksError
 from .fileio import atomic_write
 from .manifest import Manifest
-from .pairs import PairSet
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RULES = "same-frame,same-track,track-cooccurrence,same-photo"
-
-
-def constraint_arrays(manifest: Manifest, pairs: PairSet) -> tuple[np.ndarray, np.ndarray]:
-    """Must-link group per face (track code, -1 none) and cannot-link pairs (M, 2)."""
-    from .rules import FaceColumns
-
-    i, j, label, _ = pairs.unique()
-    return FaceColumns.from_manifest(manifest).track, np.stack([i[label == 0], j[label == 0]], 1)
 
 
 def evaluate_method(vectors: np.ndarray, manifest: Manifest, groups: np.ndarray, cannot: np.ndarray,
@@ -78,6 +69,7 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
                   weights: str | None = None, time_budget: float = 300.0, shots: Sequence[int] = (1, 5, 20),
                   repeats: int = 5, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Run the benchmark and write ``out/metrics.json``; returns the metrics."""
+    from .cluster import constraint_arrays
     from .embed import head_vectors
     from .embedder import Embedder
     from .evaluate import audit_pairs

@@ -47,6 +47,7 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool) -> None:
     ctx.obj.setdefault("quiet", quiet)
     level = logging.DEBUG if verbose else logging.WARNING if ctx.obj["quiet"] else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports every CPU variant tried
 
 
 main = cli
@@ -417,8 +418,7 @@ def search(index_dir: Path, emb: Path, face_ids: tuple[str, ...], k: int) -> Non
 @click.option("--seed", default=0, show_default=True)
 def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold: float | None, seed: int) -> None:
     """Cluster faces into people: tracks kept whole, cannot-linked faces kept apart."""
-    from .benchmark import constraint_arrays
-    from .cluster import cluster_faces, write_clusters
+    from .cluster import cluster_faces, constraint_arrays, write_clusters
     from .embed import Embeddings
     from .evaluate import cluster_report
     from .manifest import Manifest

@@ -49,12 +49,16 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ProxytasksError
 from .index import FaceIndex, knn_graph
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
+    from .pairs import PairSet
 
 logger = logging.getLogger(__name__)
 
@@ -379,3 +383,11 @@ def read_clusters(path: str | os.PathLike, ids: list[str]) -> np.ndarray:
     except (OSError, UnicodeDecodeError) as e:
         raise ProxytasksError(f"{path}: cannot read clusters: {e}") from None
     return out
+
+
+def constraint_arrays(manifest: Manifest, pairs: PairSet) -> tuple[np.ndarray, np.ndarray]:
+    """Must-link group per face (its track, -1 none) and cannot-link face pairs (M, 2)."""
+    from .rules import FaceColumns
+
+    i, j, label, _ = pairs.unique()
+    return FaceColumns.from_manifest(manifest).track, np.stack([i[label == 0], j[label == 0]], 1).astype(np.int64)

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from .embed import trunk_features
@@ -124,26 +123,20 @@ def holdout_mask(manifest: Manifest, fraction: float, seed: int, chunks: int = 1
     return val
 
 
-def pair_auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """ROC-AUC of positives scoring above negatives (ties count half)."""
-    if not len(pos) or not len(neg):
-        return None
-    ranks = rankdata(np.concatenate([pos, neg]))
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def validation_pairs(pairs: PairSet, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out must-link pairs and cannot-link pairs (both faces held out)."""
+def pairs_within(pairs: PairSet, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Must-link and cannot-link pairs (each (n, 2)) whose two faces are both in ``mask``."""
     i, j, label, _ = pairs.unique()
-    keep = val[i] & val[j]
+    keep = mask[i] & mask[j]
     p = np.stack([i, j], 1)[keep]
     return p[label[keep] == 1], p[label[keep] == 0]
 
 
 def score_vectors(vectors: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float | None:
     """Validation score of an embedding: AUC of held-out must- vs cannot-link similarities."""
-    sim = lambda p: np.einsum("ij,ij->i", vectors[p[:, 0]], vectors[p[:, 1]])  # noqa: E731
-    return pair_auc(sim(pos), sim(neg))
+    from .metrics import roc_auc
+
+    sims = np.einsum("ij,ij->i", vectors[np.r_[pos[:, 0], neg[:, 0]]], vectors[np.r_[pos[:, 1], neg[:, 1]]])
+    return roc_auc(sims, np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)])
 
 
 # --------------------------------------------------------------------------- batches
@@ -260,8 +253,8 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
     embedder.to("cpu")
     val = holdout_mask(manifest, cfg.holdout, cfg.seed)
     cons = Constraints.from_pairs(pairs, ~val)
-    vpos, vneg = validation_pairs(pairs, val)
-    tpos, tneg = validation_pairs(pairs, ~val)
+    vpos, vneg = pairs_within(pairs, val)
+    tpos, tneg = pairs_within(pairs, ~val)
     batcher = GroupBatcher(cons, ~val, len(cfg.views), cfg)
     loss_name = cfg.loss if cfg.loss != "auto" else ("track-supcon" if len(cons.cannot) else "ntxent")
     loss_fn = make_loss(loss_name)

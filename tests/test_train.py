@@ -11,7 +11,7 @@ from proxytasks.errors import ProxytasksError
 from proxytasks.manifest import Face, Manifest
 from proxytasks.pairs import PairSet, RuleInfo
 from proxytasks.rules import RuleSet
-from proxytasks.train import Constraints, GroupBatcher, TrainConfig, holdout_mask, pair_auc, train
+from proxytasks.train import Constraints, GroupBatcher, TrainConfig, holdout_mask, score_vectors, train
 
 FAST = dict(steps=30, eval_every=10, dim=32)
 
@@ -117,5 +117,7 @@ def test_holdout_chunks_and_auc():
     assert val.sum() == 20 and np.array_equal(val, holdout_mask(Manifest(faces), 0.2, seed=0))
     runs = np.flatnonzero(np.diff(val.astype(int)))  # two contiguous chunks at most 4 edges
     assert len(runs) <= 4
-    assert pair_auc(np.array([0.9, 0.8]), np.array([0.1, 0.85])) == 0.75
-    assert pair_auc(np.array([]), np.array([0.1])) is None
+    v = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+    # positives (0,1): 0.8, (2,3): 0.8; negatives (0,2): 0.0, (1,3): 0.96 -> AUC 0.5
+    assert score_vectors(v, np.array([[0, 1], [2, 3]]), np.array([[0, 2], [1, 3]])) == 0.5
+    assert score_vectors(v, np.zeros((0, 2), int), np.array([[0, 2]])) is None
