@@ -18,19 +18,19 @@ counts it.
 
 Threshold rule (``threshold=None``), from the rule pairs and never from labels:
 
-- with cannot-links: a seeded fraction ``holdout`` of the distinct cannot-linked pairs
-  of components (after must-links) is held out; the merge process runs without
-  enforcing any cannot-link (plain single linkage), watching the held-out ones, and
-  stops at the first merge that would put more than ``max_violation`` of them inside
-  one cluster. (Enforcing the other links during this sweep hides the chaining: they
-  block merges between two people before any held-out link is touched, and the sweep
-  runs to the last edge.) The threshold is
-  the midpoint between that edge's similarity and the next higher one, i.e. the
-  loosest threshold that respects the budget. Then the real run enforces every
-  cannot-link. Only the order of the edges matters, so any monotone change of the
-  similarities (training that pushes cannot-links apart) gives the same clusters; the
-  median of cannot-link similarities, by contrast, falls below everything after
-  training and merges everyone.
+- with cannot-links: a calibration run merges along the edges without enforcing any
+  cannot-link (plain single linkage) and watches a seeded fraction ``holdout`` of the
+  distinct cannot-linked pairs of components (by default all of them); it stops at the
+  first merge that would put more than ``max_violation`` of the watched pairs inside
+  one cluster. (Enforcing links during this sweep would hide the chaining: they block
+  merges between two people before any watched link is touched. Watching few links
+  makes the stop a single noisy event; watching all of them with a 2% budget is
+  stable.) The threshold is the midpoint between that edge's similarity and the next
+  higher one, i.e. the loosest threshold that respects the budget. Then the real run
+  enforces every cannot-link. Only the order of the edges matters, so any monotone
+  change of the similarities (training that pushes cannot-links apart) gives the same
+  clusters; the median of cannot-link similarities, by contrast, falls below
+  everything after training and merges everyone.
 - without cannot-links (a warning is logged): a robust low bound of each face's
   nearest-neighbour similarity, ``median - 4 * 1.4826 * MAD``. Most faces have a
   same-person nearest neighbour; an edge far below those is taken for a different
@@ -230,7 +230,7 @@ def _fallback_threshold(sims: np.ndarray) -> float:
 
 def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
                   cannot_links: np.ndarray | None = None, k: int = 10,
-                  threshold: float | None = None, holdout: float = 0.3,
+                  threshold: float | None = None, holdout: float = 1.0,
                   max_violation: float = 0.02, seed: int = 0, index: FaceIndex | None = None,
                   knn: tuple[np.ndarray, np.ndarray] | None = None) -> ClusterResult:
     """Cluster faces with the number of people unknown (see the module docstring).
@@ -241,7 +241,7 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
         cannot_links: (M, 2) face index pairs known to be different people.
         k: neighbours per face in the kNN graph.
         threshold: cosine similarity needed to merge; None derives it from the links.
-        holdout: fraction of cannot-linked component pairs held out for the threshold.
+        holdout: fraction of cannot-linked component pairs watched to set the threshold.
         max_violation: largest fraction of held-out links allowed inside one cluster.
         seed: seeds the hold-out draw and the index.
         index: an index over exactly ``vectors`` in order, reused for the kNN graph.
