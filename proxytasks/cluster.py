@@ -290,7 +290,7 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
                 raise ProxytasksError(f"holdout must be in (0, 1], got {holdout}")
             threshold, calib = _calibrate(parent, root_pairs, a, b, s, holdout, max_violation, seed)
             info.update(calib)
-            rule = "held-out-cannot-links"
+            rule = "cannot-link-violations"
     threshold = float(threshold)
 
     comp = _Components(parent)

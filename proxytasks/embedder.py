@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
@@ -130,7 +131,7 @@ class Embedder(nn.Module):
         try:
             cfg = json.loads(cfg_path.read_text())
             state = load_file(str(weights))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SafetensorError) as e:
             raise ProxytasksError(f"{folder}: cannot read the saved model: {e}") from None
         if cfg.get("format_version") != FORMAT_VERSION:
             raise ProxytasksError(f"{cfg_path}: model format {cfg.get('format_version')} is not {FORMAT_VERSION}")

@@ -274,9 +274,13 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
     best: dict[str, Any] = {"score": None, "state": None, "step": 0}
     ckpt = run / "checkpoint.pt"
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
-        embedder.head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            state = torch.load(ckpt, weights_only=True)
+            embedder.head.load_state_dict(state["head"])
+            opt.load_state_dict(state["optimizer"])
+        except Exception as e:  # truncated file, another model's head, pickled code ...
+            raise ProxytasksError(f"{ckpt}: cannot resume from this checkpoint ({type(e).__name__}: "
+                                  f"{str(e)[:200]}); delete it to start afresh") from None
         step = int(state["step"])
         log = json.loads(state["log"])
         if "best_head" in state:

@@ -82,7 +82,7 @@ def test_constraints_are_honoured(spread):
     assert (labels[cannot[:, 0]] != labels[cannot[:, 1]]).all()
     assert bcubed_f1(labels, truth) >= 0.85  # a few untracked faces stay apart: the rule errs on splitting
     info = result.info
-    assert info["threshold_rule"] == "held-out-cannot-links"
+    assert info["threshold_rule"] == "cannot-link-violations"
     assert info["components_after_must_links"] == len(x) - sum(
         np.sum(groups == g) - 1 for g in np.unique(groups[groups >= 0]))
     assert info["heldout_violations"] <= info["heldout_allowed"]
