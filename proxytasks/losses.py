@@ -172,8 +172,20 @@ class MultiSimilarityLoss(PairLoss):
         return (pos + neg).sum() / used.sum().clamp_min(1)  # unused rows give log(1) = 0
 
 
+class _TemperatureLoss(PairLoss):
+    """A pair loss with a softmax temperature."""
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        _check_positive(temperature=temperature)
+        self.temperature = float(temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
 @LOSSES.register("track-supcon")
-class TrackSupConLoss(PairLoss):
+class TrackSupConLoss(_TemperatureLoss):
     """Supervised InfoNCE whose negatives are only the anchor's cannot-links.
 
     For each positive pair, both ways, anchor ``i`` and positive ``p``::
@@ -186,14 +198,6 @@ class TrackSupConLoss(PairLoss):
     contributes ``-log(1) = 0`` terms (which still count in the mean).
     """
 
-    def __init__(self, temperature: float = 0.1) -> None:
-        super().__init__()
-        _check_positive(temperature=temperature)
-        self.temperature = float(temperature)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
-
     def compute(self, emb, a1, p, a2, n, wp, wn):
         T = self.temperature
         pa, _, ps, pw = _both_ways(a1, p, _pair_sim(emb, a1, p), wp)
@@ -203,7 +207,7 @@ class TrackSupConLoss(PairLoss):
 
 
 @LOSSES.register("ntxent")
-class NTXentLoss(PairLoss):
+class NTXentLoss(_TemperatureLoss):
     """NT-Xent (SimCLR): positives from the tuple, every other row of the batch a negative.
 
     The self-supervised fallback for photo collections without tracks, where a positive
@@ -217,14 +221,6 @@ class NTXentLoss(PairLoss):
     loss is the ``w_ip``-weighted mean. The negative pairs and weights of the tuple are
     ignored.
     """
-
-    def __init__(self, temperature: float = 0.1) -> None:
-        super().__init__()
-        _check_positive(temperature=temperature)
-        self.temperature = float(temperature)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
 
     def compute(self, emb, a1, p, a2, n, wp, wn):
         B, T = emb.shape[0], self.temperature
