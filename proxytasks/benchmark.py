@@ -67,8 +67,13 @@ def evaluate_method(vectors: np.ndarray, manifest: Manifest, groups: np.ndarray,
 
 def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, backbone: str = "tf_efficientnet_lite0",
                   weights: str | None = None, time_budget: float = 300.0, shots: Sequence[int] = (1, 5, 20),
-                  repeats: int = 5, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Run the benchmark and write ``out/metrics.json``; returns the metrics."""
+                  repeats: int = 5, seed: int = 0, progress: bool = True,
+                  train_steps: int | None = None) -> dict[str, Any]:
+    """Run the benchmark and write ``out/metrics.json``; returns the metrics.
+
+    ``train_steps`` fixes the number of optimisation steps (still within the budget),
+    which makes a run reproducible on any machine.
+    """
     from .cluster import constraint_arrays
     from .embed import head_vectors
     from .embedder import Embedder
@@ -91,7 +96,7 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     audit = audit_pairs(manifest, pairs)
     rules = {name: {k: r[k] for k in ("pairs", "label", "precision", "faces_covered")}
              for name, r in audit["rules"].items()}
-    cfg = TrainConfig(backbone=backbone, weights=weights, time_budget=time_budget, seed=seed)
+    cfg = TrainConfig(backbone=backbone, weights=weights, time_budget=time_budget, seed=seed, steps=train_steps)
     trained = train(manifest, pairs, out / "run", cfg, progress=progress)
     with np.load(out / "run" / "features.npz", allow_pickle=False) as z:
         plain = z["features"][0].astype(np.float32)
