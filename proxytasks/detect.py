@@ -1,0 +1,517 @@
+"""Face detectors behind one interface: MTCNN (default), OpenCV Haar, precomputed tables.
+
+Every backend returns :class:`Detections` per image: ``[x, y, w, h]`` boxes in image
+pixels, clipped to the image with ``w, h >= 1`` (the manifest validator refuses boxes
+outside their image), scores in 0..1, and 5-point landmarks where the backend has them
+(left eye, right eye, nose, left and right mouth corner, as seen in the image).
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from PIL import Image
+from torchvision.ops import batched_nms, roi_align
+
+from .errors import ProxytasksError
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+DETECTORS: Registry[type["Detector"]] = Registry("detector")
+
+# ArcFace's canonical 5-point template for 112x112 crops.
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+
+
+@dataclass
+class Detections:
+    """Faces found in one image.
+
+    Attributes:
+        boxes: (n, 4) float32 ``[x, y, w, h]`` in image pixels, clipped to the image.
+        scores: (n,) float32 confidences in 0..1.
+        landmarks: (n, 5, 2) float32 points, or None when the backend has none.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(len(self.boxes))
+
+    @classmethod
+    def empty(cls, with_landmarks: bool = False) -> "Detections":
+        """No faces."""
+        marks = np.zeros((0, 5, 2), np.float32) if with_landmarks else None
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), marks)
+
+
+def clip_boxes(xyxy: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clip ``[x1, y1, x2, y2]`` boxes to a ``width`` x ``height`` image.
+
+    Returns:
+        ``(xywh, keep)``: clipped float32 ``[x, y, w, h]`` boxes with ``w, h >= 1`` and a
+        mask of the boxes that overlapped the image at all.
+    """
+    xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
+    keep = ((xyxy[:, 2] > 0) & (xyxy[:, 3] > 0) & (xyxy[:, 0] < width)
+            & (xyxy[:, 1] < height))
+    x1 = np.clip(xyxy[:, 0], 0, max(width - 1, 0))
+    y1 = np.clip(xyxy[:, 1], 0, max(height - 1, 0))
+    x2 = np.minimum(np.maximum(xyxy[:, 2], x1 + 1), width)
+    y2 = np.minimum(np.maximum(xyxy[:, 3], y1 + 1), height)
+    out = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1).astype(np.float32)
+    return out[keep], keep
+
+
+class Detector:
+    """Base class: ``detect(images) -> list[Detections]``, one per image."""
+
+    name: str = "base"
+    default_threshold: float = 0.5
+
+    def __init__(self, min_face: int = 20, threshold: float | None = None,
+                 device: str = "cpu", **kw: Any) -> None:
+        if kw:
+            raise ProxytasksError(f"detector {self.name!r}: unknown option(s) "
+                                  f"{', '.join(sorted(kw))}")
+        if min_face < 1:
+            raise ProxytasksError(f"detector {self.name!r}: min_face must be >= 1 pixel")
+        self.min_face = int(min_face)
+        self.threshold = self.default_threshold if threshold is None else float(threshold)
+        self.device = device
+
+    def detect(self, images: list[Image.Image]) -> list[Detections]:
+        """Faces in each image (a batch), in the order given."""
+        raise NotImplementedError
+
+
+class _PNet(nn.Module):
+    """MTCNN proposal net; parameter names match facenet-pytorch's state dicts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
+        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
+        self.conv4_1, self.conv4_2 = nn.Conv2d(32, 2, 1), nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
+
+
+class _RNet(nn.Module):
+    """MTCNN refinement net (24x24 crops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
+        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
+        self.dense5_1, self.dense5_2 = nn.Linear(128, 2), nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu3(self.conv3(x)).permute(0, 3, 2, 1).reshape(len(x), -1)
+        x = self.prelu4(self.dense4(x))
+        return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)
+
+
+class _ONet(nn.Module):
+    """MTCNN output net (48x48 crops): box, 5 landmarks, score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
+        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
+        self.dense6_1, self.dense6_2 = nn.Linear(256, 2), nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x)).permute(0, 3, 2, 1).reshape(len(x), -1)
+        x = self.prelu5(self.dense5(x))
+        return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
+
+
+def _load_mtcnn_nets(device: str) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The three nets with facenet-pytorch's bundled weights (plain state dicts).
+
+    The package is located, not imported: its ``__init__`` pulls in ``requests``.
+    """
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise ProxytasksError("the MTCNN detector needs facenet-pytorch (its weights ship in "
+                              "the wheel): pip install --no-deps facenet-pytorch==2.6.0; or "
+                              "use --detector haar")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    nets = []
+    for cls, file in ((_PNet, "pnet.pt"), (_RNet, "rnet.pt"), (_ONet, "onet.pt")):
+        net = cls()
+        try:
+            state = torch.load(data / file, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise ProxytasksError(f"MTCNN weights {data / file} cannot be loaded ({exc}); "
+                                  f"reinstall: pip install --no-deps --force-reinstall "
+                                  f"facenet-pytorch==2.6.0") from None
+        nets.append(net.eval().to(device))
+    return nets[0], nets[1], nets[2]
+
+
+def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """NMS with overlap = intersection / smaller area (MTCNN's final 'Min' step)."""
+    order = torch.argsort(scores, descending=True)
+    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    keep: list[int] = []
+    while order.numel():
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        w = (torch.minimum(boxes[i, 2], boxes[rest, 2])
+             - torch.maximum(boxes[i, 0], boxes[rest, 0]) + 1).clamp(min=0)
+        h = (torch.minimum(boxes[i, 3], boxes[rest, 3])
+             - torch.maximum(boxes[i, 1], boxes[rest, 1]) + 1).clamp(min=0)
+        overlap = w * h / torch.minimum(area[i], area[rest])
+        order = rest[overlap <= threshold]
+    return torch.as_tensor(keep, dtype=torch.long, device=boxes.device)
+
+
+def _square(boxes: torch.Tensor) -> torch.Tensor:
+    """Grow ``[x1, y1, x2, y2, ...]`` boxes to squares around their centres."""
+    boxes = boxes.clone()
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = torch.maximum(w, h)
+    boxes[:, 0] = boxes[:, 0] + w * 0.5 - side * 0.5
+    boxes[:, 1] = boxes[:, 1] + h * 0.5 - side * 0.5
+    boxes[:, 2] = boxes[:, 0] + side
+    boxes[:, 3] = boxes[:, 1] + side
+    return boxes
+
+
+def _regress(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+    boxes = boxes.clone()
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    boxes[:, 0] += reg[:, 0] * w
+    boxes[:, 1] += reg[:, 1] * h
+    boxes[:, 2] += reg[:, 2] * w
+    boxes[:, 3] += reg[:, 3] * h
+    return boxes
+
+
+def _crops(batch: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int) -> torch.Tensor:
+    """Square crops resized to ``size``; parts outside the image read as zero (padding)."""
+    # MTCNN boxes are inclusive pixel coordinates, 1-based at the left edge.
+    rois = torch.cat([inds[:, None].to(batch.dtype), boxes[:, 0:1] - 1, boxes[:, 1:2] - 1,
+                      boxes[:, 2:3], boxes[:, 3:4]], dim=1)
+    crops = roi_align(batch, rois, output_size=(size, size), spatial_scale=1.0,
+                      sampling_ratio=-1, aligned=True)
+    return (crops - 127.5) * 0.0078125
+
+
+@DETECTORS.register("mtcnn")
+class MTCNNDetector(Detector):
+    """MTCNN (Zhang et al. 2016): P-, R- and O-net cascade with NMS and 5 landmarks.
+
+    Uses facenet-pytorch's networks and bundled weights; the cascade is written here
+    (batched over same-size images, zero-padded crops). ``threshold`` is the ONet score.
+    """
+
+    name = "mtcnn"
+    default_threshold = 0.9
+
+    def __init__(self, min_face: int = 20, threshold: float | None = None, device: str = "cpu",
+                 stage_thresholds: tuple[float, float] = (0.6, 0.7), factor: float = 0.709,
+                 batch_size: int = 16, **kw: Any) -> None:
+        super().__init__(min_face=min_face, threshold=threshold, device=device, **kw)
+        self.stage_thresholds = tuple(stage_thresholds)
+        self.factor = float(factor)
+        self.batch_size = int(batch_size)
+        self.max_batch_pixels = 8_000_000
+        self.pnet, self.rnet, self.onet = _load_mtcnn_nets(device)
+
+    def detect(self, images: list[Image.Image]) -> list[Detections]:
+        """Faces in each image; same-size images run together in batches."""
+        out: list[Detections | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.size, []).append(i)
+        for (width, height), members in groups.items():
+            # Bound memory: about 8 Mpixels per batch (e.g. 4 full-HD frames).
+            step = max(1, min(self.batch_size, self.max_batch_pixels // (width * height)))
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
+                arrays = [np.asarray(images[i].convert("RGB"), dtype=np.uint8) for i in chunk]
+                batch = torch.from_numpy(np.stack(arrays)).to(self.device)
+                batch = batch.permute(0, 3, 1, 2).float()
+                for i, result in zip(chunk, self._cascade(batch)):
+                    out[i] = result
+        return [d if d is not None else Detections.empty(True) for d in out]
+
+    @torch.inference_mode()
+    def _cascade(self, batch: torch.Tensor) -> list[Detections]:
+        n_images, _, height, width = batch.shape
+        t_p, t_r = self.stage_thresholds
+        # Stage 1: PNet over an image pyramid, faces of min_face pixels map to 12 pixels.
+        scale = 12.0 / self.min_face
+        side = min(height, width) * scale
+        found, found_inds = [], []
+        while side >= 12:
+            size = (int(height * scale + 1), int(width * scale + 1))
+            level = (F.interpolate(batch, size=size, mode="area") - 127.5) * 0.0078125
+            reg, prob = self.pnet(level)
+            mask = prob[:, 1] >= t_p
+            idx = mask.nonzero()
+            if len(idx):
+                cell = idx[:, 1:].flip(1).to(batch.dtype)  # (x, y) cells
+                q1 = ((2 * cell + 1) / scale).floor()
+                q2 = ((2 * cell + 12) / scale).floor()
+                regs = reg.permute(0, 2, 3, 1)[mask]
+                boxes = torch.cat([q1, q2, prob[:, 1][mask][:, None], regs], dim=1)
+                keep = batched_nms(boxes[:, :4], boxes[:, 4], idx[:, 0], 0.5)
+                found.append(boxes[keep])
+                found_inds.append(idx[keep, 0])
+            scale *= self.factor
+            side *= self.factor
+        if not found:
+            return [Detections.empty(True) for _ in range(n_images)]
+        boxes, inds = torch.cat(found), torch.cat(found_inds)
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+        boxes, inds = boxes[keep], inds[keep]
+        boxes = _square(_regress(boxes[:, :5], boxes[:, 5:9]))
+
+        # Stage 2: RNet refines and rejects.
+        if len(boxes):
+            reg, prob = self._run(self.rnet, _crops(batch, boxes, inds, 24))
+            ok = prob[:, 1] > t_r
+            boxes = torch.cat([boxes[ok, :4], prob[ok, 1:2]], dim=1)
+            inds, reg = inds[ok], reg[ok]
+            keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+            boxes = _square(_regress(boxes[keep], reg[keep]))
+            inds = inds[keep]
+
+        # Stage 3: ONet scores, final boxes and landmarks.
+        points = torch.zeros((0, 5, 2), device=batch.device)
+        if len(boxes):
+            reg, marks, prob = self._run(self.onet, _crops(batch, boxes, inds, 48))
+            ok = prob[:, 1] > self.threshold
+            boxes = torch.cat([boxes[ok, :4], prob[ok, 1:2]], dim=1)
+            inds, reg, marks = inds[ok], reg[ok], marks[ok]
+            w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+            h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+            px = w * marks[:, :5] + boxes[:, 0:1] - 1
+            py = h * marks[:, 5:] + boxes[:, 1:2] - 1
+            points = torch.stack([px, py], dim=2)
+            boxes = _regress(boxes, reg)
+        results = []
+        for i in range(n_images):
+            sel = (inds == i).nonzero().flatten()
+            if len(sel):
+                sel = sel[_nms_min(boxes[sel, :4], boxes[sel, 4], 0.7)]
+            b = boxes[sel].cpu().numpy()
+            p = points[sel].cpu().numpy().astype(np.float32)
+            xywh, inside = clip_boxes(b[:, :4], width, height)
+            results.append(Detections(xywh, b[inside, 4].astype(np.float32), p[inside]))
+        return results
+
+    @staticmethod
+    def _run(net: nn.Module, data: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, ...]:
+        parts = [net(data[i:i + chunk]) for i in range(0, len(data), chunk)]
+        return tuple(torch.cat(p, dim=0) for p in zip(*parts))
+
+
+@DETECTORS.register("haar")
+class HaarDetector(Detector):
+    """OpenCV's frontal-face Haar cascade; scores are sigmoid(level weight), no landmarks."""
+
+    name = "haar"
+    default_threshold = 0.0
+
+    def __init__(self, min_face: int = 20, threshold: float | None = None, device: str = "cpu",
+                 scale_factor: float = 1.1, min_neighbors: int = 5, **kw: Any) -> None:
+        super().__init__(min_face=min_face, threshold=threshold, device=device, **kw)
+        try:
+            import cv2
+        except ImportError:
+            raise ProxytasksError("the haar detector needs OpenCV: pip install "
+                                  "opencv-python-headless") from None
+        self._cv2 = cv2
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise ProxytasksError(f"OpenCV Haar cascade {path} cannot be loaded")
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+
+    def detect(self, images: list[Image.Image]) -> list[Detections]:
+        """Faces in each image, one image at a time."""
+        out = []
+        for image in images:
+            grey = np.asarray(image.convert("L"))
+            rects, _, weights = self.cascade.detectMultiScale3(
+                grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+                minSize=(self.min_face, self.min_face), outputRejectLevels=True)
+            if len(rects) == 0:
+                out.append(Detections.empty())
+                continue
+            rects = np.asarray(rects, np.float64).reshape(-1, 4)
+            scores = 1.0 / (1.0 + np.exp(-np.asarray(weights, np.float64).reshape(-1)))
+            ok = scores >= self.threshold
+            xyxy = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)[ok]
+            boxes, inside = clip_boxes(xyxy, image.width, image.height)
+            out.append(Detections(boxes, scores[ok][inside].astype(np.float32), None))
+        return out
+
+
+@DETECTORS.register("precomputed")
+class PrecomputedDetector(Detector):
+    """Boxes read from a table (CSV or JSONL) with columns media, frame, x, y, w, h, score.
+
+    Images alone do not say which media and frame they are: use :meth:`detect_keys`.
+    A missing ``frame`` (a photo) is frame 0; a missing score is 1.0.
+    """
+
+    name = "precomputed"
+
+    def __init__(self, min_face: int = 20, threshold: float | None = None, device: str = "cpu",
+                 table: str | Path | None = None, **kw: Any) -> None:
+        super().__init__(min_face=min_face, threshold=threshold or 0.0, device=device, **kw)
+        if table is None:
+            raise ProxytasksError("the precomputed detector needs table=PATH (a CSV or JSONL "
+                                  "with media, frame, x, y, w, h, score)")
+        self.table = Path(table)
+        self._rows: dict[tuple[str, int], list[tuple[list[float], float]]] = {}
+        for lineno, row in self._read_rows():
+            try:
+                media = str(row["media"])
+                frame = row.get("frame")
+                frame = 0 if frame in (None, "", "null") else int(float(frame))
+                box = [float(row[k]) for k in ("x", "y", "w", "h")]
+                score = row.get("score")
+                score = 1.0 if score in (None, "") else float(score)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ProxytasksError(f"{self.table}:{lineno}: bad detection row ({exc!r}); "
+                                      f"need media, frame, x, y, w, h, score") from None
+            if box[2] < 1 or box[3] < 1:
+                raise ProxytasksError(f"{self.table}:{lineno}: box {box} has w or h below 1")
+            if score < self.threshold:
+                continue
+            for key in self._names(media):
+                self._rows.setdefault((key, frame), []).append((box, score))
+
+    def _names(self, media: str) -> list[str]:
+        names = [media]
+        resolved = str((self.table.parent / media).resolve())
+        if resolved != media:
+            names.append(resolved)
+        return names
+
+    def _read_rows(self):
+        if not self.table.is_file():
+            raise ProxytasksError(f"detection table {self.table}: no such file")
+        text = self.table.read_text(encoding="utf-8")
+        if self.table.suffix.lower() in (".jsonl", ".json"):
+            for lineno, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        yield lineno, json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ProxytasksError(f"{self.table}:{lineno}: not JSON ({exc})") from None
+        else:
+            dialect = "excel-tab" if self.table.suffix.lower() == ".tsv" else "excel"
+            reader = csv.DictReader(text.splitlines(), dialect=dialect)
+            for lineno, row in enumerate(reader, 2):
+                yield lineno, row
+
+    def detect(self, images: list[Image.Image]) -> list[Detections]:
+        """Not possible from pixels alone."""
+        raise ProxytasksError("the precomputed detector looks boxes up by (media, frame): call "
+                              "detect_keys([(media, frame), ...]) instead of detect(images)")
+
+    def detect_keys(self, keys: list[tuple[str, int | None]]) -> list[Detections]:
+        """The table's boxes for each ``(media, frame)`` key (empty when absent)."""
+        out = []
+        for media, frame in keys:
+            frame = 0 if frame is None else int(frame)
+            rows = self._rows.get((str(media), frame))
+            if rows is None:
+                rows = self._rows.get((str(Path(media).resolve()), frame), [])
+            if not rows:
+                out.append(Detections.empty())
+                continue
+            out.append(Detections(np.array([r[0] for r in rows], np.float32),
+                                  np.array([r[1] for r in rows], np.float32), None))
+        return out
+
+
+def create_detector(name: str = "mtcnn", **kwargs: Any) -> Detector:
+    """A detector by registry name: ``mtcnn`` (default), ``haar`` or ``precomputed``."""
+    return DETECTORS.get(name)(**kwargs)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, shift) mapping src to dst (Umeyama).
+
+    Returns:
+        (2, 3) float64 matrix ``M`` with ``dst ~ M @ [x, y, 1]``.
+    """
+    src = np.asarray(src, np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, np.float64).reshape(-1, 2)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    var = (s0 ** 2).sum() / len(src)
+    if var <= 1e-12:
+        raise ProxytasksError(f"align_face: degenerate landmarks {src.tolist()}")
+    u, sig, vt = np.linalg.svd(d0.T @ s0 / len(src))
+    fix = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        fix[1, 1] = -1
+    rot = u @ fix @ vt
+    scale = (sig * np.diag(fix)).sum() / var
+    return np.concatenate([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]], axis=1)
+
+
+def align_face(image: Image.Image, landmarks5: np.ndarray, size: int = 112) -> Image.Image:
+    """Warp a face so its 5 landmarks meet ArcFace's template (similarity transform).
+
+    Args:
+        image: the full image the landmarks refer to.
+        landmarks5: (5, 2) points: left eye, right eye, nose, left and right mouth corner.
+        size: output side in pixels (the template is scaled from 112).
+    """
+    import cv2
+
+    matrix = similarity_transform(landmarks5, ARCFACE_TEMPLATE * (size / 112.0))
+    rgb = np.asarray(image.convert("RGB"))
+    warped = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return Image.fromarray(warped)

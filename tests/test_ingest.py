@@ -1,0 +1,302 @@
+"""Ingest: videos and photos -> manifest with frames, crops, shots; bad media; resume."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from proxytasks.errors import ProxytasksError
+from proxytasks.ingest import IngestReport, ingest_media, media_keys
+from proxytasks.manifest import Manifest
+
+from .conftest import shared
+
+av = pytest.importorskip("av")
+
+RED, GREEN, BLUE = (200, 40, 40), (40, 200, 40), (40, 40, 200)
+
+
+# --------------------------------------------------------------------------- fakes
+@dataclass
+class FakeDetections:
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray | None
+
+
+class FakeDetector:
+    """One fixed face per image (the last one partly outside, to test clipping); counts
+    calls per dominant colour and can raise on a colour to simulate an interruption."""
+
+    name = "fake"
+
+    def __init__(self, raise_on: tuple[int, int, int] | None = None) -> None:
+        self.raise_on = raise_on
+        self.seen: list[tuple[int, int, int]] = []
+
+    def detect(self, images: list[Image.Image]) -> list[FakeDetections]:
+        out = []
+        for img in images:
+            colour = tuple(int(round(v / 40)) * 40 for v in np.asarray(img, dtype=float).mean((0, 1)))
+            self.seen.append(colour)
+            if self.raise_on is not None and _close(colour, self.raise_on):
+                raise KeyboardInterrupt
+            w, h = img.size
+            boxes = np.array([[8, 8, 24, 24], [w - 12, h - 12, 24, 24]], dtype=np.float32)
+            marks = np.tile(np.array([[12, 14], [20, 14], [16, 18], [13, 24], [19, 24]], np.float32), (2, 1, 1))
+            out.append(FakeDetections(boxes, np.array([0.99, 0.8], np.float32), marks))
+        return out
+
+
+def _close(a, b, tol: int = 50) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def _fake_media() -> types.ModuleType:
+    """A stand-in for proxytasks.media (same interface) while the real one is absent."""
+    mod = types.ModuleType("proxytasks.media")
+    videos, images = {".mp4", ".avi", ".mov", ".mkv"}, {".jpg", ".jpeg", ".png", ".bmp"}
+
+    @dataclass
+    class Frame:
+        index: int
+        time: float | None
+        image: Image.Image
+
+    def is_video(path) -> bool:
+        return Path(path).suffix.lower() in videos
+
+    def find_media(paths) -> list[Path]:
+        found = []
+        for p in map(Path, paths):
+            files = sorted(p.rglob("*")) if p.is_dir() else [p]
+            found += [f for f in files if f.is_file() and f.suffix.lower() in videos | images]
+        return sorted(set(found))
+
+    def read_image(path) -> Image.Image:
+        try:
+            with Image.open(path) as im:
+                return ImageOps.exif_transpose(im).convert("RGB")
+        except Exception as e:  # noqa: BLE001
+            raise ProxytasksError(f"cannot read image {path}: {e}") from None
+
+    def iter_video(path, fps=None, stride=None):
+        try:
+            container = av.open(str(path))
+        except Exception as e:  # noqa: BLE001
+            raise ProxytasksError(f"cannot read video {path}: {e}") from None
+        with container:
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or 25)
+            step = stride or (max(1, round(rate / fps)) if fps else 1)
+            for i, frame in enumerate(container.decode(stream)):
+                if i % step == 0:
+                    t = float(frame.time) if frame.time is not None else i / rate
+                    yield Frame(i, t, frame.to_image())
+
+    mod.Frame, mod.is_video, mod.find_media, mod.read_image, mod.iter_video = (
+        Frame, is_video, find_media, read_image, iter_video)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def media_module(monkeypatch):
+    """Use the real proxytasks.media when it exists, the fake otherwise."""
+    if importlib.util.find_spec("proxytasks.media") is None:
+        monkeypatch.setitem(sys.modules, "proxytasks.media", _fake_media())
+
+
+def write_video(path: Path, colours: list[tuple[int, int, int]], fps: int = 10, size=(96, 64)) -> Path:
+    """A video whose frame i is a flat ``colours[i]`` with a small square that moves."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i, c in enumerate(colours):
+            arr = np.full((size[1], size[0], 3), c, np.uint8)
+            arr[20:30, 30 + i % 10:40 + i % 10] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def no_temp_files(root: Path) -> bool:
+    return not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- tests
+def test_media_keys_disambiguate(tmp_path: Path) -> None:
+    keys = media_keys([tmp_path / "a/clip.mp4", tmp_path / "b/clip.mp4", tmp_path / "x.jpg",
+                       tmp_path / "v.mp4", tmp_path / "v_000001.jpg"])
+    assert len(set(keys)) == 5
+    assert keys[2] == "x" and keys[3] == "v" and keys[0].startswith("clip-") and keys[4].startswith("v_000001-")
+
+
+def test_video_shots_frames_crops(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "media" / "clip.mp4", [RED] * 20 + [BLUE] * 20)
+    out = tmp_path / "run" / "faces.jsonl"
+    det = FakeDetector()
+    report = ingest_media([tmp_path / "media"], out, detector=det, batch_size=7, progress=False)
+    assert isinstance(report, IngestReport)
+    m = Manifest.read(out)
+    assert report.frames == 40 and len(det.seen) == 40
+    assert report.faces == len(m) == 80
+    assert report.done == ["../media/clip.mp4"] and report.shots == {"../media/clip.mp4": 2}
+    assert report.frames_per_second > 0
+    for f in m:
+        assert f.media == "../media/clip.mp4"
+        assert f.id == f"clip_{f.frame:06d}_{f.id[-1]}"
+        assert f.shot == (0 if f.frame < 20 else 1)
+        assert f.time == pytest.approx(f.frame / 10, abs=1e-6)
+        assert f.image == f"frames/clip/{f.frame:06d}.jpg"
+        assert f.crop == f"crops/clip/{f.id}.jpg" and f.score is not None and len(f.landmarks) == 5
+        x, y, w, h = f.bbox
+        assert x >= 0 and y >= 0 and x + w <= 96 and y + h <= 64  # second box was clipped
+    assert sorted({f.frame for f in m}) == list(range(40))
+    with Image.open(out.parent / m[0].crop) as crop:
+        assert crop.size[0] > 24  # margin added
+    assert (out.parent / "faces.jsonl.parts" / "clip.json").is_file()
+    assert no_temp_files(tmp_path)
+    assert video.is_file()
+
+
+def test_stride_and_photos(tmp_path: Path) -> None:
+    write_video(tmp_path / "media" / "clip.mp4", [GREEN] * 12)
+    Image.new("RGB", (80, 60), RED).save(tmp_path / "media" / "clip.jpg")  # same stem as the video
+    out = tmp_path / "faces.jsonl"
+    report = ingest_media(tmp_path / "media", out, detector=FakeDetector(), stride=5, crops=False,
+                          progress=False)
+    m = Manifest.read(out)
+    video = [f for f in m if f.frame is not None]
+    photo = [f for f in m if f.frame is None]
+    assert sorted({f.frame for f in video}) == [0, 5, 10] and report.frames == 4
+    assert len(photo) == 2 and photo[0].image == "media/clip.jpg" and photo[0].shot is None
+    assert all(f.crop is None for f in m)
+    assert len({f.id.split("_")[0] for f in m}) == 2  # equal stems disambiguated
+
+
+def test_bad_media_reported_and_skipped(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, colour in (("good1.jpg", RED), ("good2.png", GREEN)):
+        Image.new("RGB", (80, 60), colour).save(folder / name)
+    good = (folder / "good1.jpg").read_bytes()
+    (folder / "corrupt.jpg").write_bytes(good[:40] + b"\x00garbage" * 50)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    (folder / "movie.mp4").write_text("this is not a video\n")
+    out = tmp_path / "faces.jsonl"
+    with caplog.at_level("WARNING", logger="proxytasks.ingest"):
+        report = ingest_media([folder], out, detector=FakeDetector(), progress=False)
+    bad = {Path(p).name for p in report.skipped}
+    assert bad == {"corrupt.jpg", "empty.jpg", "text.jpg", "movie.mp4"}
+    for name in bad:
+        assert name in caplog.text
+    m = Manifest.read(out)
+    assert {Path(f.media).name for f in m} == {"good1.jpg", "good2.png"}
+    assert sorted(report.done) == ["photos/good1.jpg", "photos/good2.png"]
+
+
+def test_nothing_readable_raises(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b.mp4").write_text("nope")
+    with pytest.raises(ProxytasksError, match="could be read"):
+        ingest_media(tmp_path, tmp_path / "out" / "faces.jsonl", detector=FakeDetector(), progress=False)
+    assert not (tmp_path / "out" / "faces.jsonl").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ProxytasksError):
+        ingest_media(tmp_path / "empty", tmp_path / "o.jsonl", detector=FakeDetector(), progress=False)
+
+
+def test_exif_rotated_photo_gets_a_copy(tmp_path: Path) -> None:
+    img = Image.new("RGB", (80, 40), RED)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90: the upright image is 40x80
+    img.save(tmp_path / "turned.jpg", exif=exif)
+    out = tmp_path / "out" / "faces.jsonl"
+    ingest_media(tmp_path / "turned.jpg", out, detector=FakeDetector(), progress=False)
+    m = Manifest.read(out)
+    assert m[0].image == "frames/turned/rotated.jpg"
+    with Image.open(out.parent / m[0].image) as im:
+        assert im.size == (40, 80)
+
+
+def _media_for_resume(root: Path) -> Path:
+    write_video(root / "a.mp4", [RED] * 6 + [GREEN] * 6)
+    write_video(root / "b.mp4", [BLUE] * 8)
+    Image.new("RGB", (80, 60), (200, 200, 40)).save(root / "c.png")
+    return root
+
+
+def test_resume_after_interrupt(tmp_path: Path) -> None:
+    media = _media_for_resume(tmp_path / "media")
+    ref_out = tmp_path / "ref" / "faces.jsonl"
+    ingest_media(media, ref_out, detector=FakeDetector(), batch_size=4, progress=False)
+
+    out = tmp_path / "run" / "faces.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        ingest_media(media, out, detector=FakeDetector(raise_on=BLUE), batch_size=4, progress=False)
+    partial = Manifest.read(out)
+    assert {f.media for f in partial} == {"../media/a.mp4"}
+    assert no_temp_files(tmp_path)
+
+    det = FakeDetector()
+    report = ingest_media(media, out, detector=det, batch_size=4, progress=False)
+    assert report.reused == ["../media/a.mp4"]
+    assert report.done == ["../media/b.mp4", "../media/c.png"]
+    assert not any(_close(c, RED) or _close(c, GREEN) for c in det.seen)  # a.mp4 not detected again
+    assert report.shots["../media/a.mp4"] == 2 and report.faces == 2 * (12 + 8 + 1)
+    assert out.read_text() == ref_out.read_text()
+    assert no_temp_files(tmp_path)
+
+    again = FakeDetector()
+    report = ingest_media(media, out, detector=again, progress=False)
+    assert again.seen == [] and len(report.reused) == 3 and out.read_text() == ref_out.read_text()
+    # Changed settings invalidate the records.
+    report = ingest_media(media, out, detector=again, margin=0.3, progress=False)
+    assert report.reused == [] and len(report.done) == 3
+
+
+def test_no_resume_redoes_everything(tmp_path: Path) -> None:
+    media = _media_for_resume(tmp_path / "media")
+    out = tmp_path / "faces.jsonl"
+    ingest_media(media, out, detector=FakeDetector(), progress=False)
+    report = ingest_media(media, out, detector=FakeDetector(), progress=False, resume=False)
+    assert report.reused == [] and len(report.done) == 3
+    parts = json.loads((tmp_path / "faces.jsonl.parts" / "a.json").read_text())
+    assert parts["shots"] == 2 and len(parts["faces"]) == 24
+
+
+def test_real_detector_on_hamilton_clip(tmp_path: Path) -> None:
+    clip = shared("face_recognition_examples", "examples", "short_hamilton_clip.mp4")
+    detect = pytest.importorskip("proxytasks.detect")
+    from proxytasks.track import TrackerConfig, track_manifest
+
+    try:
+        detector = detect.create_detector()
+    except (ImportError, ProxytasksError) as e:
+        pytest.skip(f"default detector unavailable: {e}")
+    out = tmp_path / "faces.jsonl"
+    report = ingest_media(clip, out, detector=detector, stride=5, progress=False)
+    m = Manifest.read(out)
+    assert report.frames == 55 and report.faces == len(m) > 10
+    assert all(f.shot is not None and f.frame % 5 == 0 for f in m)
+    # max_gap counts frame indices: at stride 5 it must span at least one stride to link.
+    tracked = track_manifest(m, TrackerConfig(max_gap=10), progress=False)
+    assert len({f.track for f in tracked}) < len(tracked)
+    shots_of: dict[str, set] = {}
+    frames_of: dict[str, list] = {}
+    for f in tracked:
+        shots_of.setdefault(f.track, set()).add(f.shot)
+        frames_of.setdefault(f.track, []).append(f.frame)
+    assert all(len(s) == 1 for s in shots_of.values())
+    assert all(len(fr) == len(set(fr)) for fr in frames_of.values())
