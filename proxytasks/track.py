@@ -59,7 +59,7 @@ class TrackerConfig:
     similarity_quantile: float = 0.99
     appearance: str = "auto"
     appearance_momentum: float = 0.7
-    shot_k: float = 8.0
+    shot_k: float = 6.0
     shot_min: float = 0.05
     shot_threshold: float = 0.6
     backbone: str = "tf_efficientnet_lite0"
