@@ -47,9 +47,31 @@ class Frame:
     image: Image.Image
 
 
+def is_sequence(path: str | Path) -> bool:
+    """True for an image-sequence folder: two or more images named by frame number
+    (``000001.jpg``, ``12.png``, ...) and no other media."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    files = [c for c in path.iterdir() if c.is_file() and not c.name.startswith(".")]
+    images = [c for c in files if c.suffix.lower() in IMAGE_EXTENSIONS]
+    return len(images) >= 2 and all(c.stem.isdigit() for c in images) and \
+        not any(c.suffix.lower() in VIDEO_EXTENSIONS for c in files)
+
+
 def is_video(path: str | Path) -> bool:
-    """True when ``path`` has a video file extension."""
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    """True for a video file (by extension) or an image-sequence folder."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS or is_sequence(path)
+
+
+def iter_sequence(path: str | Path, stride: int | None = None) -> Iterator[Frame]:
+    """The frames of an image-sequence folder, in frame-number order; the frame index is
+    the number in the file name (``time`` is None: a sequence carries no time stamps)."""
+    files = sorted((c for c in Path(path).iterdir() if c.is_file() and c.stem.isdigit()
+                    and c.suffix.lower() in IMAGE_EXTENSIONS), key=lambda c: int(c.stem))
+    for k, file in enumerate(files):
+        if stride is None or k % stride == 0:
+            yield Frame(index=int(file.stem), time=None, image=read_image(file))
 
 
 def _av():
@@ -130,6 +152,11 @@ def iter_video(path: str | Path, fps: float | None = None,
     """
     if fps is not None and stride is not None:
         raise ProxytasksError("iter_video: give fps or stride, not both")
+    if is_sequence(path):
+        if fps is not None:
+            raise ProxytasksError(f"{path}: an image sequence has no time stamps; use a stride, not fps")
+        yield from iter_sequence(path, stride)
+        return
     if stride is not None and stride < 1:
         raise ProxytasksError(f"iter_video: stride must be >= 1, got {stride}")
     if fps is not None and not fps > 0:
@@ -267,7 +294,7 @@ def find_media(paths: Sequence[str | Path]) -> list[Path]:
 
     Hidden files and folders (names starting with '.') are skipped; image files without a
     known extension are recognised by content. An image-sequence folder (000001.jpg,
-    ...) comes back as its images, in natural order.
+    ...) comes back as the folder itself: one media whose frames are its images.
 
     Raises:
         ProxytasksError: a path does not exist, or a named file is not a video or image.
@@ -284,10 +311,16 @@ def find_media(paths: Sequence[str | Path]) -> list[Path]:
                                       f"extensions: {known})")
             found[path] = None
             continue
+        if is_sequence(path):
+            found[path] = None
+            continue
+        sequences = [d for d in path.rglob("*") if d.is_dir() and is_sequence(d)]
         for child in sorted(path.rglob("*"), key=_natural_key):
             rel = child.relative_to(path)
-            if any(part.startswith(".") for part in rel.parts) or not child.is_file():
+            if any(part.startswith(".") for part in rel.parts):
                 continue
-            if _is_media(child, sniff=True):
+            if child in sequences:
+                found[child] = None
+            elif child.is_file() and child.parent not in sequences and _is_media(child, sniff=True):
                 found[child] = None
     return sorted(found, key=_natural_key)

@@ -1,16 +1,13 @@
 """Ingest: videos and photos -> manifest with frames, crops, shots; bad media; resume."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
 from proxytasks.errors import ProxytasksError
 from proxytasks.ingest import IngestReport, ingest_media, media_keys
@@ -57,60 +54,6 @@ class FakeDetector:
 
 def _close(a, b, tol: int = 50) -> bool:
     return all(abs(x - y) <= tol for x, y in zip(a, b))
-
-
-def _fake_media() -> types.ModuleType:
-    """A stand-in for proxytasks.media (same interface) while the real one is absent."""
-    mod = types.ModuleType("proxytasks.media")
-    videos, images = {".mp4", ".avi", ".mov", ".mkv"}, {".jpg", ".jpeg", ".png", ".bmp"}
-
-    @dataclass
-    class Frame:
-        index: int
-        time: float | None
-        image: Image.Image
-
-    def is_video(path) -> bool:
-        return Path(path).suffix.lower() in videos
-
-    def find_media(paths) -> list[Path]:
-        found = []
-        for p in map(Path, paths):
-            files = sorted(p.rglob("*")) if p.is_dir() else [p]
-            found += [f for f in files if f.is_file() and f.suffix.lower() in videos | images]
-        return sorted(set(found))
-
-    def read_image(path) -> Image.Image:
-        try:
-            with Image.open(path) as im:
-                return ImageOps.exif_transpose(im).convert("RGB")
-        except Exception as e:  # noqa: BLE001
-            raise ProxytasksError(f"cannot read image {path}: {e}") from None
-
-    def iter_video(path, fps=None, stride=None):
-        try:
-            container = av.open(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise ProxytasksError(f"cannot read video {path}: {e}") from None
-        with container:
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or 25)
-            step = stride or (max(1, round(rate / fps)) if fps else 1)
-            for i, frame in enumerate(container.decode(stream)):
-                if i % step == 0:
-                    t = float(frame.time) if frame.time is not None else i / rate
-                    yield Frame(i, t, frame.to_image())
-
-    mod.Frame, mod.is_video, mod.find_media, mod.read_image, mod.iter_video = (
-        Frame, is_video, find_media, read_image, iter_video)
-    return mod
-
-
-@pytest.fixture(autouse=True)
-def media_module(monkeypatch):
-    """Use the real proxytasks.media when it exists, the fake otherwise."""
-    if importlib.util.find_spec("proxytasks.media") is None:
-        monkeypatch.setitem(sys.modules, "proxytasks.media", _fake_media())
 
 
 def write_video(path: Path, colours: list[tuple[int, int, int]], fps: int = 10, size=(96, 64)) -> Path:
@@ -300,3 +243,15 @@ def test_real_detector_on_hamilton_clip(tmp_path: Path) -> None:
         frames_of.setdefault(f.track, []).append(f.frame)
     assert all(len(s) == 1 for s in shots_of.values())
     assert all(len(fr) == len(set(fr)) for fr in frames_of.values())
+
+
+def test_image_sequence_is_one_video(tmp_path):
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for i, colour in enumerate([RED] * 4 + [BLUE] * 4):
+        Image.new("RGB", (96, 64), colour).save(seq / f"{10 + i:06d}.png")
+    report = ingest_media([tmp_path], tmp_path / "out" / "m.jsonl", FakeDetector(), progress=False)
+    m = Manifest.read(report.manifest)
+    assert {f.media for f in m} == {"../seq"}
+    assert sorted({f.frame for f in m}) == list(range(10, 18)) and all(f.time is None for f in m)
+    assert {f.frame: f.shot for f in m if f.bbox[0] == 8} == {10 + i: int(i >= 4) for i in range(8)}

@@ -86,7 +86,7 @@ def test_validate_rejects_defect_naming_the_line(tmp_path, frame_image, kind):
     path = write_lines(tmp_path / "bad.jsonl", [good(0), good(1), record])
     with pytest.raises(ManifestError) as err:
         Manifest.read(path)
-    assert f"bad.jsonl:3:" in str(err.value)
+    assert "bad.jsonl:3:" in str(err.value)
     assert expected in str(err.value)
     result = CliRunner().invoke(cli, ["validate", str(path)])
     assert result.exit_code == 2, result.output

@@ -157,8 +157,13 @@ def test_find_media(tmp_path: Path) -> None:
     (tmp_path / ".cache").mkdir()
     (tmp_path / ".cache" / "a.jpg").write_bytes(b"x")
     found = [p.relative_to(tmp_path).as_posix() for p in find_media([tmp_path])]
-    assert found == ["clip.mp4", "f2.png", "f10.png", "shots/seq/000001.jpg",
-                     "shots/seq/000002.jpg", "shots/seq/000010.jpg", "subject01.glasses"]
+    assert found == ["clip.mp4", "f2.png", "f10.png", "shots/seq", "subject01.glasses"]
+    assert is_video(tmp_path / "shots" / "seq") and not is_video(tmp_path / "shots")
+    frames = list(iter_video(tmp_path / "shots" / "seq"))
+    assert [f.index for f in frames] == [1, 2, 10] and frames[0].time is None
+    assert [f.index for f in iter_video(tmp_path / "shots" / "seq", stride=2)] == [1, 10]
+    with pytest.raises(ProxytasksError, match="no time stamps"):
+        next(iter_video(tmp_path / "shots" / "seq", fps=5))
     assert find_media([tmp_path / "f2.png", tmp_path / "f2.png"]) == [tmp_path / "f2.png"]
     with pytest.raises(ProxytasksError, match="notes.txt"):
         find_media([tmp_path / "notes.txt"])

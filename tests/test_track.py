@@ -1,8 +1,6 @@
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
