@@ -27,7 +27,7 @@ from .embedder import Embedder
 from .errors import ProxytasksError
 from .fileio import atomic_write
 from .manifest import Face, Manifest
-from .models import to_rgb
+from .media import read_image
 from .pairs import ids_digest
 
 logger = logging.getLogger(__name__)
@@ -37,18 +37,15 @@ FORMAT_VERSION = 1
 
 
 def load_face(manifest: Manifest, face: Face) -> Image.Image:
-    """The face as an RGB image: its crop, or its box cut from its image."""
-    rel = face.crop if face.crop is not None else face.image
-    path = manifest.resolve(rel)
+    """The face as an RGB image: its crop, or its box cut from its (upright) image."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if face.crop is None:
-                x, y, w, h = face.bbox
-                img = img.crop((round(x), round(y), round(x + w), round(y + h)))
-            return to_rgb(img)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ProxytasksError(f"face {face.id!r}: cannot read {str(path)!r}: {e}") from None
+        img = read_image(manifest.resolve(face.crop if face.crop is not None else face.image))
+    except ProxytasksError as e:
+        raise ProxytasksError(f"face {face.id!r}: {e}") from None
+    if face.crop is None:
+        x, y, w, h = face.bbox
+        img = img.crop((round(x), round(y), round(x + w), round(y + h)))
+    return img
 
 
 def _augment() -> Any:

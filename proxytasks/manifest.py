@@ -150,12 +150,14 @@ def _open_text(path: Path):
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """Width and height from the image header; raises ``OSError`` with a reason."""
+    """Width and height of the upright image, from its header; raises ``OSError`` with a reason."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            # images are read upright (EXIF orientation applied): 5-8 swap the sides
+            return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
     except FileNotFoundError:
         raise OSError("file not found") from None
     except IsADirectoryError:

@@ -207,7 +207,7 @@ def iter_video(path: str | Path, fps: float | None = None,
         container.close()
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode (grey, 16-bit, float, palette, RGBA, CMYK, ...) to RGB."""
     if image.mode == "RGB":
         return image
@@ -250,7 +250,7 @@ def read_image(path: str | Path) -> Image.Image:
                     raise Image.DecompressionBombError("too many pixels")
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
-                image = _to_rgb(image)
+                image = to_rgb(image)
                 image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ProxytasksError(f"image {path}: larger than {MAX_IMAGE_PIXELS} pixels; refused "

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from proxytasks.errors import ProxytasksError
+from proxytasks.media import to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -386,26 +387,6 @@ def select_device(device: str = "auto") -> torch.device:
     if chosen.type == "mps" and not _mps_available():
         raise ProxytasksError(f"device {device!r} requested but MPS is not available; use --device cpu")
     return chosen
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB.
-
-    Transparent pixels are composited over white; 16-bit and float grey images are
-    stretched to their own min..max range.
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        a = np.asarray(image, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        return Image.fromarray(a.round().astype(np.uint8), mode="L").convert("RGB")
-    if "A" in image.getbands() or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 class FeatureExtractor:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .errors import ProxytasksError
 from .manifest import Manifest
+from .media import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def _read_media(manifest: Manifest, faces: list, mode: str, cfg: TrackerConfig,
         for fr in frames:
             members = by_frame[fr]
             path = manifest.resolve(faces[members[0]].image)
-            img = _open(path)
+            img = read_image(path)
             hists.append(frame_histogram(img))
             if feats is not None:
                 for k in members:
@@ -292,17 +293,10 @@ def _read_media(manifest: Manifest, faces: list, mode: str, cfg: TrackerConfig,
     return features, shot_of_frame[[frame_pos[f.frame] for f in faces]]
 
 
-def _open(path) -> Image.Image:
-    try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except (OSError, ValueError) as e:
-        raise ProxytasksError(f"cannot read frame image {str(path)!r}: {e}") from None
-
-
 def _backbone_features(manifest: Manifest, faces: list, cfg: TrackerConfig,
                        embed: Callable | None) -> np.ndarray:
+    from .embed import load_face
+
     if embed is None:
         from .models import FeatureExtractor, create_backbone
 
@@ -310,14 +304,7 @@ def _backbone_features(manifest: Manifest, faces: list, cfg: TrackerConfig,
                                  batch_size=cfg.batch_size, input_size=cfg.input_size)
     out = []
     for s in range(0, len(faces), 256):
-        chunk = faces[s:s + 256]
-        images = []
-        for f in chunk:
-            img = _open(manifest.resolve(f.crop if f.crop is not None else f.image))
-            if f.crop is None:
-                x, y, w, h = f.bbox
-                img = img.crop((x, y, x + w, y + h))
-            images.append(img.convert("RGB"))
+        images = [load_face(manifest, f) for f in faces[s:s + 256]]
         out.append(np.asarray(embed(images), dtype=np.float32))
     return np.concatenate(out)
 

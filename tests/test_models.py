@@ -7,6 +7,8 @@ from typing import Callable
 
 import numpy as np
 import pytest
+
+from proxytasks.media import to_rgb
 import timm
 import torch
 from PIL import Image
@@ -113,7 +115,7 @@ def test_pretrained_head_recognises_imagenet_photo(
 ) -> None:
     image = _skimage_photo(photo)
     model = imagenet_model(backbone)
-    x = image_transform(model)(models.to_rgb(image)).unsqueeze(0)
+    x = image_transform(model)(to_rgb(image)).unsqueeze(0)
     with torch.inference_mode():
         top5 = set(model(x)[0].topk(5).indices.tolist())
     assert top5 & classes, f"{backbone} top-5 {sorted(top5)} on {photo}"
