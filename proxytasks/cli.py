@@ -36,6 +36,13 @@ def _progress(ctx: click.Context) -> bool:
     return not (ctx.find_root().obj or {}).get("quiet", False)
 
 
+def _echo_report(report: dict) -> None:
+    """One indented ``key value`` line per entry, floats rounded."""
+    width = max(map(len, report), default=0)
+    for key, value in report.items():
+        click.echo(f"  {key:<{width}} {round(value, 4) if isinstance(value, float) else value}")
+
+
 @click.group(cls=ProxytasksGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars, warnings only.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
@@ -64,8 +71,7 @@ def validate(manifest: Path, no_check_files: bool) -> None:
     m = Manifest.read(manifest, check_files=not no_check_files)
     summary = m.summary()
     click.echo(f"{manifest}: valid")
-    for key, value in summary.items():
-        click.echo(f"  {key:<12} {value}")
+    _echo_report(summary)
 
 
 # --------------------------------------------------------------------------- import
@@ -218,8 +224,7 @@ def track(ctx: click.Context, manifest: Path, out: Path, max_gap: int, min_iou: 
     appearances = _read_appearances(truth, tracked) if truth is not None else None
     report = track_quality(tracked, appearances, max_gap=max_gap)
     click.echo(f"wrote {out}")
-    for key, value in report.items():
-        click.echo(f"  {key:<26} {value if not isinstance(value, float) else round(value, 4)}")
+    _echo_report(report)
 
 
 def _read_appearances(path: Path, manifest) -> list[str | None]:
@@ -443,7 +448,7 @@ def search(index_dir: Path, emb: Path, face_ids: tuple[str, ...], k: int) -> Non
 @click.argument("pairs", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="CSV id,cluster.")
 @click.option("-k", default=10, show_default=True, help="Neighbours per track in the kNN graph.")
-@click.option("--threshold", type=float, default=None, help="Similarity to merge (default: from held-out cannot-links).")
+@click.option("--threshold", type=float, default=None, help="Similarity to merge (default: from cannot-link violations).")
 @click.option("--seed", default=0, show_default=True)
 def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold: float | None, seed: int) -> None:
     """Cluster faces into people: tracks kept whole, cannot-linked faces kept apart."""
@@ -462,8 +467,7 @@ def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold
     result = cluster_faces(e.vectors, groups=groups, cannot_links=cannot, k=k, threshold=threshold, seed=seed)
     write_clusters(out, ids, result.labels)
     click.echo(f"wrote {out}: {result.labels.max() + 1} clusters at threshold {result.threshold:.4f}")
-    for key, value in cluster_report(m, result.labels).items():
-        click.echo(f"  {key:<10} {value if not isinstance(value, float) else round(value, 4)}")
+    _echo_report(cluster_report(m, result.labels))
 
 
 @cli.command()
