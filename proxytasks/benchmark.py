@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from .errors import ProxytasksError
 from .fileio import atomic_write
@@ -27,7 +28,8 @@ DEFAULT_RULES = "same-frame,same-track,track-cooccurrence,same-photo"
 
 
 def evaluate_method(vectors: np.ndarray, manifest: Manifest, groups: np.ndarray, cannot: np.ndarray,
-                    shots: Sequence[int], repeats: int, seed: int) -> dict[str, Any]:
+                    shots: Sequence[int], repeats: int, seed: int,
+                    clusters: np.ndarray | None = None) -> dict[str, Any]:
     """Clustering, few-shot naming and verification of one embedding, with the contract's keys.
 
     Naming at k shots: k faces per identity (among identities with at least k+1 faces)
@@ -40,7 +42,8 @@ def evaluate_method(vectors: np.ndarray, manifest: Manifest, groups: np.ndarray,
 
     identity = np.array([f.identity if f.identity is not None else "" for f in manifest.faces], dtype=object)
     known = identity != ""
-    clusters = cluster_faces(vectors, groups=groups, cannot_links=cannot, seed=seed)
+    if clusters is None:
+        clusters = cluster_faces(vectors, groups=groups, cannot_links=cannot, seed=seed).labels
     out: dict[str, Any] = {"naming": {}, "naming_macro_f1": {}}
     for k in shots:
         accs, f1s = [], []
@@ -50,7 +53,7 @@ def evaluate_method(vectors: np.ndarray, manifest: Manifest, groups: np.ndarray,
             if not len(drawn):
                 break
             result = name_faces(vectors, {int(i): identity[i] for i in drawn}, tracks=groups,
-                                clusters=clusters.labels, seed=seed + r)
+                                clusters=clusters, seed=seed + r)
             evaluated = known & np.isin(identity, identity[drawn])
             evaluated[drawn] = False
             true = identity[evaluated]
@@ -59,7 +62,7 @@ def evaluate_method(vectors: np.ndarray, manifest: Manifest, groups: np.ndarray,
             f1s.append(macro_f1(true, pred))
         out["naming"][str(k)] = float(np.mean(accs)) if accs else None
         out["naming_macro_f1"][str(k)] = float(np.mean(f1s)) if f1s else None
-    cm = clustering_metrics(identity[known], clusters.labels[known])
+    cm = clustering_metrics(identity[known], clusters[known])
     out["clustering"] = {key: cm[key] for key in ("wcp", "nmi", "bcubed_f1", "clusters")}
     out["verification"] = verification_metrics(vectors[known], identity[known], seed=seed)
     return out
@@ -68,13 +71,17 @@ def evaluate_method(vectors: np.ndarray, manifest: Manifest, groups: np.ndarray,
 def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, backbone: str = "tf_efficientnet_lite0",
                   weights: str | None = None, time_budget: float = 300.0, shots: Sequence[int] = (1, 5, 20),
                   repeats: int = 5, seed: int = 0, progress: bool = True,
-                  train_steps: int | None = None) -> dict[str, Any]:
+                  train_steps: int | None = None, active: Sequence[str] = (), active_budget: int | None = None,
+                  active_batch: int = 5) -> dict[str, Any]:
     """Run the benchmark and write ``out/metrics.json``; returns the metrics.
 
     ``train_steps`` fixes the number of optimisation steps (still within the budget),
-    which makes a run reproducible on any machine.
+    which makes a run reproducible on any machine. ``active`` names suggestion
+    strategies: for each, naming accuracy against names typed by a simulated person
+    (rounds of ``active_batch``, up to ``active_budget`` names, default four per
+    identity) on the proxy embedding, under ``"active"``.
     """
-    from .cluster import constraint_arrays
+    from .cluster import cluster_faces, constraint_arrays
     from .embed import head_vectors
     from .embedder import Embedder
     from .evaluate import audit_pairs
@@ -83,6 +90,10 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     from .train import TrainConfig, train
 
     start = time.perf_counter()
+    if active:
+        from .active import check_strategies
+
+        check_strategies(active)
     out = Path(out)
     manifest = Manifest.read(manifest_path)
     if not any(f.identity is not None for f in manifest.faces):
@@ -103,18 +114,29 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     pretrained = plain / np.maximum(np.linalg.norm(plain, axis=1, keepdims=True), 1e-12)
     proxy = head_vectors(Embedder.load(out / "run"), plain)
     groups, cannot = constraint_arrays(manifest, pairs)
-    methods = {}
+    methods, clusters = {}, {}
     for name, vectors in (("pretrained", pretrained), ("proxy", proxy)):
         t0 = time.perf_counter()
-        methods[name] = evaluate_method(vectors, manifest, groups, cannot, shots, repeats, seed)
+        clusters[name] = cluster_faces(vectors, groups=groups, cannot_links=cannot, seed=seed).labels
+        methods[name] = evaluate_method(vectors, manifest, groups, cannot, shots, repeats, seed, clusters[name])
         logger.info("evaluated %s in %.1f s", name, time.perf_counter() - t0)
     metrics = {
         "dataset": {k: summary[k] for k in ("faces", "identities", "media", "frames")},
         "rules": rules,
         "methods": methods,
         "train": {"seconds": trained["seconds"], "pairs": trained["pairs"], "steps": trained["steps"]},
-        "seconds": round(time.perf_counter() - start, 3),
     }
+    if active:
+        from .active import active_curve
+
+        budget = active_budget or 4 * summary["identities"]
+        identity = [f.identity for f in manifest.faces]
+        metrics["active"] = {}
+        for strategy in tqdm(active, desc="active", unit="strategy", disable=not progress):
+            metrics["active"][strategy] = active_curve(proxy, identity, strategy, tracks=groups,
+                                                       clusters=clusters["proxy"], budget=budget,
+                                                       batch=active_batch, seed=seed)
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
     with atomic_write(out / "metrics.json") as fh:
         json.dump(metrics, fh, indent=2)
     return metrics

@@ -248,9 +248,15 @@ def _read_appearances(path: Path, manifest) -> list[str | None]:
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Pairs file (.npz).")
 @click.option("--rules", default="same-frame,same-track,track-cooccurrence,same-photo", show_default=True,
               help="Comma-separated rules; name:weight sets a weight.")
+@click.option("--labels", multiple=True, type=click.Path(path_type=Path),
+              help="Naming rounds (repeatable, in order): a person's names, removals and same/different "
+                   "answers become pairs that win over the rules'.")
+@click.option("--clusters", type=click.Path(path_type=Path), default=None,
+              help="The clusters that 'cluster,name' rows of --labels refer to.")
 @click.option("--policy", type=click.Choice(["different", "drop"]), default="different", show_default=True,
               help="Conflicts: cannot-link wins, or drop the pair.")
-def pairs(manifest: Path, out: Path, rules: str, policy: str) -> None:
+def pairs(manifest: Path, out: Path, rules: str, labels: tuple[Path, ...], clusters: Path | None,
+          policy: str) -> None:
     """Apply the cheap-label rules to MANIFEST and store the pairs."""
     from .manifest import Manifest
     from .rules import RuleSet
@@ -259,6 +265,14 @@ def pairs(manifest: Path, out: Path, rules: str, policy: str) -> None:
     if all(f.track is None for f in m.faces) and any(f.frame is not None for f in m.faces):
         logger.warning("%s has no tracks: same-track pairs need `proxytasks track` first", manifest)
     ps = RuleSet(rules, policy=policy).apply(m)
+    if labels:
+        from .active import human_pairs
+        from .cluster import read_clusters
+        from .naming import read_annotations
+
+        ids = [f.id for f in m.faces]
+        ann = read_annotations(labels, ids, read_clusters(clusters, ids) if clusters is not None else None)
+        ps = ps.with_human(*human_pairs(ann))
     ps.save(out)
     click.echo(f"wrote {out}: {len(ps)} pairs ({ps.nbytes / max(len(ps), 1):.0f} bytes each), "
                f"{ps.conflicts} conflicts resolved ({policy})")
@@ -287,12 +301,21 @@ def audit(manifest: Path, pairs: Path, as_json: bool) -> None:
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a top-level recipe variable, e.g. --set out=runs/x.")
+@click.option("--from", "first", default=None, metavar="STEP",
+              help="Start at this step: its number, or the name of its command (first such step).")
+@click.option("--to", "last", default=None, metavar="STEP",
+              help="Stop after this step: its number, or the name of its command (first such step "
+                   "from --from on).")
 @click.pass_context
-def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...]) -> None:
-    """Run a YAML recipe: a chain of proxytasks commands."""
+def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...], first: str | None, last: str | None) -> None:
+    """Run a YAML recipe: a chain of proxytasks commands.
+
+    A recipe that waits for a person runs in two parts: `--to suggest`, fill the
+    suggestion sheet, then `--from name`.
+    """
     from .recipe import run_recipe
 
-    run_recipe(recipe, cli, overrides=overrides, obj=ctx.find_root().obj)
+    run_recipe(recipe, cli, overrides=overrides, obj=ctx.find_root().obj, first=first, last=last)
 
 
 # --------------------------------------------------------------------------- learning
@@ -381,19 +404,39 @@ def _int_list(value: str, what: str) -> list[int]:
 @click.option("--shots", default="1,5,20", show_default=True, help="Names given per identity.")
 @click.option("--repeats", default=5, show_default=True, help="Seeded draws per shot count.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--active", "active", is_flag=False, flag_value="clusters,margin,breadth,random", default=None,
+              help="Add naming accuracy vs names typed by a simulated person for these strategies "
+                   "(bare --active: clusters,margin,breadth,random).")
+@click.option("--active-budget", type=click.IntRange(1), default=None,
+              help="Names the simulated person types (default: four per identity).")
+@click.option("--active-batch", type=click.IntRange(1), default=5, show_default=True,
+              help="Suggestions answered per naming round.")
 @click.pass_context
 def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weights: str | None,
-              time_budget: float, shots: str, repeats: int, seed: int) -> None:
+              time_budget: float, shots: str, repeats: int, seed: int, active: str | None,
+              active_budget: int | None, active_batch: int) -> None:
     """Naming benchmark on a labelled MANIFEST: proxy training vs the pretrained backbone."""
+    from .active import names_to_reach
     from .benchmark import run_benchmark
 
+    strategies = [s.strip() for s in active.split(",") if s.strip()] if active else []
     metrics = run_benchmark(manifest, out, backbone, weights, time_budget, _int_list(shots, "--shots"),
-                            repeats, seed, progress=_progress(ctx))
+                            repeats, seed, progress=_progress(ctx), active=strategies,
+                            active_budget=active_budget, active_batch=active_batch)
     click.echo(f"wrote {out / 'metrics.json'} ({metrics['seconds']:.0f} s)")
     for name, m in metrics["methods"].items():
         naming = " ".join(f"{k}-shot {'-' if v is None else f'{v:.3f}'}" for k, v in m["naming"].items())
         click.echo(f"  {name:<11} naming {naming} | bcubed F1 {m['clustering']['bcubed_f1']:.3f} "
                    f"({m['clustering']['clusters']} clusters) | AUC {m['verification']['roc_auc']}")
+    if strategies:
+        reach = {k: names_to_reach(c) for k, c in metrics["active"].items()}
+        click.echo("  names typed to reach 90% naming accuracy: "
+                   + ", ".join(f"{k} {'never' if v is None else v}" for k, v in reach.items()))
+        best = min((v, k) for k, v in reach.items() if k != "random" and v is not None) if any(
+            v is not None for k, v in reach.items() if k != "random") else None
+        if best and reach.get("random"):
+            click.echo(f"  best strategy {best[1]}: {best[0]} names vs random {reach['random']} "
+                       f"(ratio {best[0] / reach['random']:.2f})")
 
 
 # --------------------------------------------------------------------------- index, clusters, names
@@ -473,19 +516,24 @@ def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("emb", type=click.Path(path_type=Path))
-@click.argument("labels", type=click.Path(path_type=Path))
+@click.argument("labels", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="CSV id,name,confidence,source.")
 @click.option("--manifest", type=click.Path(path_type=Path), default=None, help="Carry names along its tracks.")
 @click.option("--clusters", type=click.Path(path_type=Path), default=None, help="Carry names along these clusters.")
 @click.option("--head", type=click.Choice(["linear", "prototype"]), default="linear", show_default=True)
 @click.option("--unknown-threshold", type=float, default=None, help="Below this confidence a face is unknown.")
 @click.option("--seed", default=0, show_default=True)
-def name(run: Path, emb: Path, labels: Path, out: Path, manifest: Path | None, clusters: Path | None,
+def name(run: Path, emb: Path, labels: tuple[Path, ...], out: Path, manifest: Path | None, clusters: Path | None,
          head: str, unknown_threshold: float | None, seed: int) -> None:
-    """Name every face from a few names (LABELS: CSV id,name) over the embedding of RUN."""
+    """Name every face from a few names over the embedding of RUN.
+
+    LABELS: one file per naming round, in order (CSV or JSONL: id,name / cluster,name /
+    id,not_name / id,id2,answer, or a filled suggestion sheet). Later rounds win; a name
+    a person removed from a face never comes back to it.
+    """
     from .cluster import read_clusters
     from .embed import Embeddings
-    from .naming import name_faces, read_labels, write_names
+    from .naming import name_faces, read_annotations, write_names
 
     e = Embeddings.load(emb)
     config = run / "config.json"
@@ -501,8 +549,127 @@ def name(run: Path, emb: Path, labels: Path, out: Path, manifest: Path | None, c
             raise ProxytasksError(f"{manifest} does not hold the faces of {emb} in order")
         tracks = FaceColumns.from_manifest(m).track
     groups = read_clusters(clusters, e.ids) if clusters is not None else None
-    result = name_faces(e.vectors, read_labels(labels, e.ids), tracks=tracks, clusters=groups,
-                        unknown_threshold=unknown_threshold, head=head, seed=seed)
+    ann = read_annotations(labels, e.ids, groups)
+    result = name_faces(e.vectors, ann.named, tracks=tracks, clusters=groups, unknown_threshold=unknown_threshold,
+                        head=head, seed=seed, forbidden=ann.forbidden, same=sorted(ann.same))
     write_names(out, e.ids, result)
     named = sum(n is not None for n in result.names)
     click.echo(f"wrote {out}: {named} of {len(e.ids)} faces named, {len(set(result.names) - {None})} names")
+
+
+@cli.command()
+@click.argument("emb", type=click.Path(path_type=Path))
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
+              help="Suggestion sheet (CSV) to write; fill its name/answer column and give it to `name`.")
+@click.option("--clusters", type=click.Path(path_type=Path), default=None, help="CSV id,cluster from `cluster`.")
+@click.option("--labels", multiple=True, type=click.Path(path_type=Path),
+              help="Naming rounds so far (repeatable, in order).")
+@click.option("--strategy", default="margin", show_default=True, help="clusters, margin, breadth or random.")
+@click.option("-n", default=20, show_default=True, help="Faces to name.")
+@click.option("--pairs", "n_pairs", default=0, show_default=True,
+              help="Also ask this many 'same person?' questions (clusters to merge or split).")
+@click.option("--seed", default=0, show_default=True)
+def suggest(emb: Path, manifest: Path, out: Path, clusters: Path | None, labels: tuple[Path, ...],
+            strategy: str, n: int, n_pairs: int, seed: int) -> None:
+    """Which faces a person should name next (active learning), each with the reason."""
+    from .active import Pool, STRATEGIES, suggest as suggest_faces, write_suggestions
+    from .cluster import read_clusters
+    from .embed import Embeddings
+    from .manifest import Manifest
+    from .naming import Annotations, name_faces, read_annotations
+    from .rules import FaceColumns
+
+    STRATEGIES.get(strategy)
+    e = Embeddings.load(emb)
+    m = Manifest.read(manifest, check_files=False)
+    if [f.id for f in m.faces] != e.ids:
+        raise ProxytasksError(f"{manifest} does not hold the faces of {emb} in order")
+    tracks = FaceColumns.from_manifest(m).track
+    groups = read_clusters(clusters, e.ids) if clusters is not None else None
+    ann = read_annotations(labels, e.ids, groups) if labels else Annotations()
+    result = name_faces(e.vectors, ann.named, tracks=tracks, clusters=groups, seed=seed,
+                        forbidden=ann.forbidden, same=sorted(ann.same)) if ann.named else None
+    todo = suggest_faces(Pool(e.vectors, tracks, groups, ann, result), strategy, n, n_pairs, seed)
+    write_suggestions(out, e.ids, todo)
+    click.echo(f"wrote {out}: {sum(s.kind == 'name' for s in todo)} faces to name, "
+               f"{sum(s.kind == 'same' for s in todo)} same-person questions ({len(ann.named)} faces named so far)")
+    for rank, s in enumerate(todo[:5], 1):
+        click.echo(f"  {rank}. {e.ids[s.face]}: {s.reason}")
+
+
+@cli.command()
+@click.argument("sheet", type=click.Path(path_type=Path))
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="The answered sheet to write.")
+def simulate(sheet: Path, manifest: Path, out: Path) -> None:
+    """A simulated person: answer the suggestion SHEET from the identities of MANIFEST."""
+    from .active import SimulatedAnnotator, read_suggestions, write_suggestions
+    from .manifest import Manifest
+
+    m = Manifest.read(manifest, check_files=False)
+    ids = [f.id for f in m.faces]
+    if not any(f.identity is not None for f in m.faces):
+        raise ProxytasksError(f"{manifest}: no face carries 'identity'; a simulated person needs ground truth")
+    todo = read_suggestions(sheet, ids)
+    annotator = SimulatedAnnotator([f.identity for f in m.faces])
+    answers = {rank: a for rank, s in enumerate(todo, 1) if (a := annotator.answer(s)) is not None}
+    write_suggestions(out, ids, todo, answers)
+    click.echo(f"wrote {out}: {len(answers)} of {len(todo)} questions answered from {manifest}")
+
+
+# --------------------------------------------------------------------------- export
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("names", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Dataset folder to write.")
+@click.option("--min-confidence", type=float, default=None,
+              help="Predicted names below this confidence go to _unknown; given names always stay.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in OUT (one with names.json).")
+@click.pass_context
+def export(ctx: click.Context, manifest: Path, names: Path, out: Path, min_confidence: float | None,
+           overwrite: bool) -> None:
+    """Write the named dataset: a folder of face crops per name of NAMES, _unknown apart."""
+    from .export import export_dataset
+
+    summary = export_dataset(manifest, names, out, min_confidence=min_confidence, overwrite=overwrite,
+                             progress=_progress(ctx))
+    click.echo(f"wrote {out}")
+    _echo_report(summary)
+
+
+# --------------------------------------------------------------------------- report
+@cli.command("report")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="HTML file to write (default: RUN/report.html).")
+@click.option("--manifest", type=click.Path(path_type=Path), default=None,
+              help="Face manifest (default: RUN/tracked.jsonl, else RUN/manifest.jsonl).")
+@click.option("--pairs", type=click.Path(path_type=Path), default=None, help="Rule pairs (default: RUN/pairs.npz).")
+@click.option("--clusters", type=click.Path(path_type=Path), default=None,
+              help="CSV id,cluster (default: RUN/clusters.csv).")
+@click.option("--names", type=click.Path(path_type=Path), default=None,
+              help="CSV id,name,confidence,source (default: RUN/names.csv).")
+@click.option("--suggestions", type=click.Path(path_type=Path), default=None,
+              help="Suggestions CSV (default: RUN/suggestions.csv).")
+@click.option("--metrics", type=click.Path(path_type=Path), default=None,
+              help="metrics.json (default: RUN/benchmark/metrics.json, else RUN/metrics.json).")
+@click.option("--train-run", type=click.Path(path_type=Path), default=None,
+              help="Training run folder with train_log.jsonl (default: RUN/run).")
+@click.option("--max-clusters", type=click.IntRange(0), default=40, show_default=True,
+              help="Largest clusters shown.")
+@click.option("--per-cluster", type=click.IntRange(0), default=12, show_default=True,
+              help="Faces shown per cluster.")
+@click.pass_context
+def report_cmd(ctx: click.Context, run_dir: Path, out: Path | None, manifest: Path | None, pairs: Path | None,
+               clusters: Path | None, names: Path | None, suggestions: Path | None, metrics: Path | None,
+               train_run: Path | None, max_clusters: int, per_cluster: int) -> None:
+    """A self-contained HTML page of the run folder RUN: audit, training, metrics, galleries."""
+    from .report import write_report
+
+    out = out if out is not None else run_dir / "report.html"
+    summary = write_report(run_dir, out, manifest=manifest, pairs=pairs, clusters=clusters, names=names,
+                           suggestions=suggestions, metrics=metrics, train_run=train_run,
+                           max_clusters=max_clusters, per_cluster=per_cluster, progress=_progress(ctx))
+    click.echo(f"wrote {out}")
+    _echo_report({k: ", ".join(v) or "-" if isinstance(v, list) else v for k, v in summary.items() if k != "out"})

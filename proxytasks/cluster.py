@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from .errors import ProxytasksError
 from .index import FaceIndex, knn_graph
@@ -386,8 +387,34 @@ def read_clusters(path: str | os.PathLike, ids: list[str]) -> np.ndarray:
 
 
 def constraint_arrays(manifest: Manifest, pairs: PairSet) -> tuple[np.ndarray, np.ndarray]:
-    """Must-link group per face (its track, -1 none) and cannot-link face pairs (M, 2)."""
+    """Must-link group per face (its track joined by human "same" pairs, -1 none) and
+    cannot-link face pairs (M, 2)."""
+    from .pairs import HUMAN_SAME
     from .rules import FaceColumns
 
     i, j, label, _ = pairs.unique()
-    return FaceColumns.from_manifest(manifest).track, np.stack([i[label == 0], j[label == 0]], 1).astype(np.int64)
+    groups = FaceColumns.from_manifest(manifest).track
+    human = [k for k, r in enumerate(pairs.rules) if r.name == HUMAN_SAME]
+    if human:
+        rows = np.isin(pairs.rule, human)
+        groups = join_groups(groups, np.stack([pairs.i[rows], pairs.j[rows]], 1), len(groups))
+    return groups, np.stack([i[label == 0], j[label == 0]], 1).astype(np.int64)
+
+
+def join_groups(groups: np.ndarray | None, same: Any, n: int) -> np.ndarray:
+    """Must-link group per face (-1 none) with the groups and single faces that the
+    face pairs ``same`` (e.g. human "same" answers) join merged into one group each."""
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = np.asarray(list(same) if not isinstance(same, np.ndarray) else same, dtype=np.int64).reshape(-1, 2).T
+    if groups is not None:
+        g = np.asarray(groups, dtype=np.int64).reshape(-1)
+        valid = np.flatnonzero(g >= 0)
+        _, codes = np.unique(g[valid], return_inverse=True)
+        first = np.full(int(codes.max()) + 1 if len(codes) else 0, n, dtype=np.int64)
+        np.minimum.at(first, codes, valid)
+        a, b = np.r_[a, valid], np.r_[b, first[codes]]
+    graph = sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    size = np.bincount(comp, minlength=n)
+    return np.where(size[comp] >= 2, comp, -1).astype(np.int64)

@@ -59,12 +59,16 @@ _CHUNK = 65536
 
 @dataclass
 class NamingResult:
-    """Per face: ``names`` (None = unknown), ``confidence`` in [0, 1], ``source``."""
+    """Per face: ``names`` (None = unknown), ``confidence`` in [0, 1], ``source``;
+    ``runner_up`` (the second name) and ``margin`` (top minus second share) say how close
+    the decision was."""
 
     names: list[str | None]
     confidence: np.ndarray
     source: list[str]
     classes: list[str] = field(default_factory=list)
+    runner_up: list[str | None] = field(default_factory=list)
+    margin: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -161,7 +165,9 @@ def _sum_by(groups: np.ndarray, n_groups: int, values: np.ndarray) -> np.ndarray
 def name_faces(vectors: np.ndarray, named: dict[int, str], tracks: np.ndarray | None = None,
                clusters: np.ndarray | None = None, unknown_threshold: float | None = None,
                head: str = "linear", steps: int = 200, seed: int = 0,
-               cluster_weight: float = 0.5, cluster_min_share: float = 0.5) -> NamingResult:
+               cluster_weight: float = 0.5, cluster_min_share: float = 0.5,
+               forbidden: dict[int, set[str]] | None = None,
+               same: Sequence[tuple[int, int]] = ()) -> NamingResult:
     """Name every face from a few named ones (method in the module docstring).
 
     Args:
@@ -175,6 +181,10 @@ def name_faces(vectors: np.ndarray, named: dict[int, str], tracks: np.ndarray | 
         seed: seeds the linear head's mini-batches.
         cluster_weight: weight of a cluster's vote against the unit's own.
         cluster_min_share: the share of its mass a cluster's top name needs to vote.
+        forbidden: face index -> names a person removed from it: the face never gets
+            them (its own evidence for them is dropped, and its share of them is
+            taken out of its final distribution).
+        same: face pairs a person said are one person: their units are joined.
     """
     if head not in HEADS:
         raise ProxytasksError(f"unknown naming head {head!r}: choose one of {', '.join(HEADS)}")
@@ -187,19 +197,29 @@ def name_faces(vectors: np.ndarray, named: dict[int, str], tracks: np.ndarray | 
         raise ValueError(f"named face index out of range 0..{n - 1}")
     if len(given_idx) == 0:
         logger.warning("no face is named: every face stays unknown")
-        return NamingResult([None] * n, np.zeros(n, np.float32), ["unknown"] * n, [])
+        return NamingResult([None] * n, np.zeros(n, np.float32), ["unknown"] * n, [], [None] * n,
+                            np.zeros(n, np.float32))
     classes = sorted(set(named.values()))
     code = {c: i for i, c in enumerate(classes)}
     given_lab = np.array([code[named[int(i)]] for i in given_idx], dtype=np.int64)
     evidence = classify(x, given_idx, given_lab, len(classes), head=head, steps=steps, seed=seed)
     evidence[given_idx] = 0.0
     evidence[given_idx, given_lab] = 1.0
+    banned = [(i, code[c]) for i, names in (forbidden or {}).items() for c in names if c in code]
+    if banned:
+        rows_b, cols_b = np.array(banned).T
+        evidence[rows_b, cols_b] = 0.0
 
-    # Units: one per track, one per untracked face.
+    # Units: one per track (tracks joined by "same" answers), one per untracked face.
     if tracks is not None:
         tracks = np.asarray(tracks).reshape(-1)
         if len(tracks) != n:
             raise ValueError(f"tracks has {len(tracks)} entries for {n} faces")
+    if len(same):
+        from .cluster import join_groups
+
+        tracks = join_groups(tracks, same, n)
+    if tracks is not None:
         unit, n_tracks = _group(tracks.astype(np.int64), n)
     else:
         unit, n_tracks = np.full(n, -1, dtype=np.int64), 0
@@ -230,23 +250,30 @@ def name_faces(vectors: np.ndarray, named: dict[int, str], tracks: np.ndarray | 
             final[use] = (1 - cluster_weight) * unit_dist[use] + cluster_weight * c_dist[unit_cl[use]]
             logger.debug("%d of %d clusters carry a name", int(speaks.sum()), n_cl)
 
-    top = final.argmax(axis=1)
-    conf_u = final[np.arange(n_units), top]
     given_per_unit = np.bincount(unit[given_idx], minlength=n_units)
     is_track = (np.arange(n_units) < n_tracks) & ((mass >= 2) | (given_per_unit > 0))
-    src_u = np.where(top != unit_dist.argmax(axis=1), "cluster",
+    src_u = np.where(final.argmax(axis=1) != unit_dist.argmax(axis=1), "cluster",
                      np.where(is_track, "track", "classifier"))
-
-    conf = conf_u[unit].astype(np.float32)
-    names: list[str | None] = [classes[t] for t in top[unit].tolist()]
-    source: list[str] = src_u[unit].tolist()
+    # Per face: its unit's distribution, less the names a person removed from it.
+    face_dist = final[unit]
+    if banned:
+        face_dist[rows_b, cols_b] = 0.0
+    order = np.argsort(-face_dist, axis=1)[:, :2]
+    top = order[:, 0]
+    conf = face_dist[np.arange(n), top].astype(np.float32)
+    second = order[:, 1] if len(classes) > 1 else np.full(n, -1)
+    margin = (conf - (face_dist[np.arange(n), second] if len(classes) > 1 else 0.0)).astype(np.float32)
+    names: list[str | None] = [classes[t] if c > 0 else None for t, c in zip(top.tolist(), conf.tolist())]
+    runner_up = [classes[t] if t >= 0 else None for t in second.tolist()]
+    source: list[str] = [s if nm is not None else "unknown" for s, nm in zip(src_u[unit].tolist(), names)]
     if unknown_threshold is not None:
         for i in np.flatnonzero(conf < unknown_threshold).tolist():
             names[i], source[i] = None, "unknown"
     for i, lab in zip(given_idx.tolist(), given_lab.tolist()):
         names[i], source[i] = classes[lab], "given"
     conf[given_idx] = 1.0
-    return NamingResult(names, conf, source, classes)
+    margin[given_idx] = 1.0
+    return NamingResult(names, conf, source, classes, runner_up, margin)
 
 
 # ---------------------------------------------------------------- label files
@@ -257,11 +284,19 @@ def _open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def _rows(path: Path) -> list[tuple[int, object, object]]:
-    """(line, id, name) of every record in a CSV or JSONL label file."""
+LABEL_COLUMNS = ("id", "name", "cluster", "not_name", "id2", "answer")
+ANSWERS = {"same": True, "yes": True, "different": False, "no": False}
+
+
+def _rows(path: Path) -> tuple[list[tuple[int, dict[str, object]]], bool]:
+    """(line, record) of every record in a CSV or JSONL label file, and whether the file
+    is a suggestion sheet (a ``kind`` column): there a row left blank is unanswered."""
     stem = path.name[:-3] if path.name.endswith(".gz") else path.name
-    with _open_text(path) as f:
-        text = f.read()
+    try:
+        with _open_text(path) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise ProxytasksError(f"{path}: cannot read labels: {e}") from None
     if stem.endswith((".jsonl", ".json")) or (not stem.endswith(".csv") and text.lstrip().startswith("{")):
         rows = []
         for line_no, line in enumerate(text.splitlines(), start=1):
@@ -271,63 +306,151 @@ def _rows(path: Path) -> list[tuple[int, object, object]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ProxytasksError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec or "name" not in rec:
-                raise ProxytasksError(f"{path}:{line_no}: each line must be an object with 'id' and 'name'")
-            rows.append((line_no, rec["id"], rec["name"]))
-        return rows
+            if not isinstance(rec, dict) or not ({"id", "cluster"} & set(rec)):
+                raise ProxytasksError(f"{path}:{line_no}: each line must be an object with 'id' "
+                                      "(or 'cluster') and 'name', 'not_name' or 'id2'+'answer'")
+            rows.append((line_no, rec))
+        return rows, False
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     cols = [h.strip().lower() for h in header] if header else []
-    if "id" not in cols or "name" not in cols:
+    if not ({"id", "cluster"} & set(cols)) or not ({"name", "not_name", "answer"} & set(cols)):
         raise ProxytasksError(f"{path}:1: the header must name the columns 'id' and 'name' "
-                              f"(got {header!r})")
-    i_id, i_name = cols.index("id"), cols.index("name")
+                              f"(or cluster,name / id,not_name / id,id2,answer; got {header!r})")
     rows = []
     for rec in reader:
         if not rec or not any(cell.strip() for cell in rec):
             continue
-        line_no = reader.line_num
-        rows.append((line_no, rec[i_id] if i_id < len(rec) else "",
-                     rec[i_name] if i_name < len(rec) else ""))
-    return rows
+        rows.append((reader.line_num, {c: rec[k] for k, c in enumerate(cols) if k < len(rec) and c}))
+    return rows, "kind" in cols
 
 
-def read_labels(path: str | os.PathLike, ids: Sequence[str]) -> dict[int, str]:
-    """Names a person gave: CSV ``id,name`` (header required) or JSONL ``{"id", "name"}``.
+@dataclass
+class Annotations:
+    """What a person said, accumulated over naming rounds (later rounds win).
 
-    Returns face index (position in ``ids``) -> name. Every defect (an id not in
-    ``ids``, an empty name, one id given two different names) is reported with the
-    file and line in one :class:`ProxytasksError`.
+    ``named``: face index -> name; ``forbidden``: face index -> names a person removed
+    from that face (it never gets them back automatically); ``same`` / ``different``:
+    answered face pairs ``(i, j)`` with ``i < j``; ``typed``: names typed so far (a
+    cluster named at once counts one).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ProxytasksError(f"{path}: label file not found")
+
+    named: dict[int, str] = field(default_factory=dict)
+    forbidden: dict[int, set[str]] = field(default_factory=dict)
+    same: set[tuple[int, int]] = field(default_factory=set)
+    different: set[tuple[int, int]] = field(default_factory=set)
+    typed: int = 0
+    _by_cluster: set[int] = field(default_factory=set, repr=False)
+
+    def name(self, i: int, name: str) -> None:
+        """Face ``i`` is ``name`` (also lifts an earlier removal of that name)."""
+        self.named[i] = name
+        self._by_cluster.discard(i)
+        self.forbidden.get(i, set()).discard(name)
+        self.typed += 1
+
+    def name_cluster(self, faces: Sequence[int], name: str) -> None:
+        """Every face of a cluster is ``name``, except faces named one by one or that a
+        person removed from ``name``."""
+        for i in faces:
+            if (i not in self.named or i in self._by_cluster) and name not in self.forbidden.get(i, ()):
+                self.named[i] = name
+                self._by_cluster.add(i)
+        self.typed += 1
+
+    def remove(self, i: int, name: str) -> None:
+        """Face ``i`` is not ``name``: it loses that name and never gets it back automatically."""
+        self.forbidden.setdefault(i, set()).add(name)
+        if self.named.get(i) == name:
+            del self.named[i]
+            self._by_cluster.discard(i)
+
+    def answer(self, i: int, j: int, same: bool) -> None:
+        """Faces ``i`` and ``j`` are (not) the same person."""
+        key = (min(i, j), max(i, j))
+        (self.same if same else self.different).add(key)
+        (self.different if same else self.same).discard(key)
+
+
+def read_annotations(paths: Sequence[str | os.PathLike] | str | os.PathLike, ids: Sequence[str],
+                     clusters: np.ndarray | None = None, into: Annotations | None = None) -> Annotations:
+    """Read naming rounds, in order, into :class:`Annotations`.
+
+    Each file is CSV (header required) or JSONL; a record is one of
+    ``id,name`` (a face named), ``cluster,name`` (every face of a cluster of ``clusters``),
+    ``id,not_name`` (a name removed from a face) or ``id,id2,answer`` (``same`` or
+    ``different``). A suggestion sheet from ``proxytasks suggest`` is such a file; its
+    rows left blank are skipped. Every defect (unknown id or cluster, empty name, one id
+    named twice differently in one file, a bad answer) is reported with the file and line
+    in one :class:`ProxytasksError`.
+    """
+    ann = into if into is not None else Annotations()
     index = {str(face_id): i for i, face_id in enumerate(ids)}
-    out: dict[int, str] = {}
-    seen: dict[int, int] = {}
+    members: dict[str, list[int]] = {}
+    if clusters is not None:
+        for i, c in enumerate(np.asarray(clusters).tolist()):
+            if c >= 0:
+                members.setdefault(str(c), []).append(i)
     problems: list[str] = []
-    for line_no, face_id, name in _rows(path):
-        face_id = "" if face_id is None else str(face_id).strip()
-        name = "" if name is None else str(name).strip()
-        where = f"{path}:{line_no}"
-        if face_id not in index:
-            problems.append(f"{where}: id {face_id!r} is not a face of the manifest")
-            continue
-        if not name:
-            problems.append(f"{where}: id {face_id!r} has an empty name")
-            continue
-        i = index[face_id]
-        if i in out and out[i] != name:
-            problems.append(f"{where}: id {face_id!r} is named {name!r} here but "
-                            f"{out[i]!r} on line {seen[i]}")
-            continue
-        out.setdefault(i, name)
-        seen.setdefault(i, line_no)
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ProxytasksError(f"{path}: label file not found")
+        rows, sheet = _rows(path)
+        seen: dict[int, tuple[str, int]] = {}
+        for line_no, rec in rows:
+            cell = {k: "" if rec.get(k) is None else str(rec.get(k)).strip() for k in LABEL_COLUMNS}
+            where = f"{path}:{line_no}"
+            if cell["id"] and cell["id"] not in index:
+                problems.append(f"{where}: id {cell['id']!r} is not a face of the manifest")
+                continue
+            i = index.get(cell["id"])
+            if cell["answer"] or (cell["id2"] and not sheet):
+                if cell["answer"].lower() not in ANSWERS:
+                    problems.append(f"{where}: answer {cell['answer']!r} must be 'same' or 'different'")
+                elif i is None or cell["id2"] not in index:
+                    problems.append(f"{where}: an answer needs two faces of the manifest in 'id' and "
+                                    f"'id2' (got {cell['id']!r}, {cell['id2']!r})")
+                else:
+                    ann.answer(i, index[cell["id2"]], ANSWERS[cell["answer"].lower()])
+            elif cell["not_name"]:
+                if i is None:
+                    problems.append(f"{where}: 'not_name' needs the face's 'id'")
+                else:
+                    ann.remove(i, cell["not_name"])
+            elif cell["name"] and i is None and cell["cluster"]:
+                if clusters is None:
+                    problems.append(f"{where}: naming cluster {cell['cluster']!r} needs the clusters file")
+                elif cell["cluster"] not in members:
+                    problems.append(f"{where}: cluster {cell['cluster']!r} is not a cluster of the clusters file")
+                else:
+                    ann.name_cluster(members[cell["cluster"]], cell["name"])
+            elif cell["name"] and i is not None:
+                if i in seen and seen[i][0] != cell["name"]:
+                    problems.append(f"{where}: id {cell['id']!r} is named {cell['name']!r} here but "
+                                    f"{seen[i][0]!r} on line {seen[i][1]}")
+                elif i not in seen:
+                    seen[i] = (cell["name"], line_no)
+                    ann.name(i, cell["name"])
+            elif not sheet:
+                what = f"id {cell['id']!r}" if cell["id"] else f"cluster {cell['cluster']!r}"
+                problems.append(f"{where}: {what} has an empty name")
     if problems:
         more = f"\n... and {len(problems) - 20} more problem(s)" if len(problems) > 20 else ""
         raise ProxytasksError("\n".join(problems[:20]) + more)
-    logger.info("%s: %d named faces, %d names", path, len(out), len(set(out.values())))
-    return out
+    logger.info("labels: %d named faces, %d names typed, %d removals, %d same / %d different answers",
+                len(ann.named), ann.typed, sum(map(len, ann.forbidden.values())), len(ann.same),
+                len(ann.different))
+    return ann
+
+
+def read_labels(path: str | os.PathLike, ids: Sequence[str]) -> dict[int, str]:
+    """Names a person gave in one file: face index (position in ``ids``) -> name.
+
+    CSV ``id,name`` (header required) or JSONL ``{"id", "name"}``; see
+    :func:`read_annotations` for the other record kinds and the error reporting.
+    """
+    return read_annotations([path], ids).named
 
 
 def write_names(path: str | os.PathLike, ids: Sequence[str], result: NamingResult) -> None:

@@ -26,6 +26,8 @@ from .fileio import atomic_write
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+HUMAN_SAME, HUMAN_DIFFERENT = "human-same", "human-different"  # answers a person gave
+HUMAN_WEIGHT = 2.0  # heavier than any rule: a person's answer wins over a rule's pair
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,34 @@ class PairSet:
 
     def _subset(self, keep: np.ndarray) -> "PairSet":
         return PairSet(self.i[keep], self.j[keep], self.rule[keep], self.rules, self.n_faces,
+                       conflicts=self.conflicts, policy=self.policy, digest=self.digest)
+
+    def with_human(self, same: np.ndarray, different: np.ndarray) -> "PairSet":
+        """These pairs plus a person's answers, face pairs (M, 2) each, as the rules
+        ``human-same`` and ``human-different`` (weight :data:`HUMAN_WEIGHT`, so in
+        :meth:`unique` a person's answer wins over a rule's pair of the other label).
+        Earlier human rows are replaced."""
+        keep_rules = [r for r in self.rules if r.name not in (HUMAN_SAME, HUMAN_DIFFERENT)]
+        remap = np.full(max(len(self.rules), 1), -1, dtype=np.int64)
+        for k, r in enumerate(self.rules):
+            if r in keep_rules:
+                remap[k] = keep_rules.index(r)
+        keep = remap[self.rule] >= 0
+        rules = keep_rules + [RuleInfo(HUMAN_SAME, "same", HUMAN_WEIGHT),
+                              RuleInfo(HUMAN_DIFFERENT, "different", HUMAN_WEIGHT)]
+        if len(rules) > 255:
+            raise ProxytasksError("too many rules for one pairs file (255 at most)")
+        parts = [np.stack([self.i[keep], self.j[keep]], 1).astype(np.int64)]
+        codes = [remap[self.rule[keep]]]
+        for k, extra in ((len(keep_rules), same), (len(keep_rules) + 1, different)):
+            extra = np.sort(np.asarray(extra, dtype=np.int64).reshape(-1, 2), axis=1)
+            extra = extra[extra[:, 0] != extra[:, 1]]
+            if len(extra) and (extra.min() < 0 or extra.max() >= self.n_faces):
+                raise ValueError(f"human pair index out of range 0..{self.n_faces - 1}")
+            parts.append(np.unique(extra, axis=0))
+            codes.append(np.full(len(parts[-1]), k, dtype=np.int64))
+        ij = np.concatenate(parts)
+        return PairSet(ij[:, 0], ij[:, 1], np.concatenate(codes), rules, self.n_faces,
                        conflicts=self.conflicts, policy=self.policy, digest=self.digest)
 
     # ------------------------------------------------------------ training views

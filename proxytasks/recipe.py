@@ -69,12 +69,19 @@ def _fill(value: Any, variables: dict[str, Any], path: Path, k: int) -> Any:
 
 def step_argv(command: click.Command, options: dict[str, Any], where: str) -> list[str]:
     """The command-line arguments that give ``command`` these ``options``."""
-    params = {p.name: p for p in command.params}
-    unknown = [k for k in options if k.replace("-", "_") not in params]
+    # a key is an option's long name (``n-pairs`` or ``pairs`` for ``--pairs``) or an
+    # argument's name or metavar
+    names: dict[str, str] = {}
+    for p in command.params:
+        keys = [p.name] + [o.lstrip("-") for o in p.opts if o.startswith("--")]
+        if isinstance(p, click.Argument) and p.metavar:
+            keys.append(p.metavar.lower())
+        names.update({k.replace("-", "_"): p.name for k in keys})
+    unknown = [k for k in options if k.replace("-", "_") not in names]
     if unknown:
-        known = ", ".join(p.name.replace("_", "-") for p in command.params)
+        known = ", ".join(sorted({k.replace("_", "-") for k in names}))
         raise ProxytasksError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {known}")
-    values = {k.replace("-", "_"): v for k, v in options.items()}
+    values = {names[k.replace("-", "_")]: v for k, v in options.items()}
     positional: list[str] = []
     flags: list[str] = []
     for p in command.params:
@@ -104,28 +111,51 @@ def _resolve(group: click.Group, name: str, where: str) -> click.Command:
     return command
 
 
+def _step_number(recipe: dict[str, Any], step: str | int | None, after: int, default: int, path: Path) -> int:
+    """The 1-based number of ``step``: a number, or the first step from ``after`` on
+    whose command is ``step``."""
+    if step is None:
+        return default
+    names = [next(iter(s)) for s in recipe["steps"]]
+    if str(step).isdigit() and 1 <= int(step) <= len(names):
+        return int(step)
+    for k in range(after, len(names) + 1):
+        if names[k - 1] == step:
+            return k
+    raise ProxytasksError(f"{path}: no step {step!r} (steps: {', '.join(f'{k} {n}' for k, n in enumerate(names, 1))})")
+
+
 def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = (),
-               obj: dict | None = None) -> dict[str, Any]:
-    """Run every step of the recipe in order; returns the resolved recipe."""
+               obj: dict | None = None, first: str | int | None = None,
+               last: str | int | None = None) -> dict[str, Any]:
+    """Run the steps of the recipe in order, from ``first`` to ``last`` (step numbers or
+    command names; default all); returns the resolved recipe."""
+    path = Path(path)
     recipe = load_recipe(path, overrides)
+    total = len(recipe["steps"])
+    start = _step_number(recipe, first, 1, 1, path)
+    stop = _step_number(recipe, last, start, total, path)
+    if stop < start:
+        raise ProxytasksError(f"{path}: --to step {stop} comes before --from step {start}")
     if "out" in recipe:
         out = Path(str(recipe["out"]))
         with atomic_write(out / "recipe.yaml") as fh:
             yaml.safe_dump(recipe, fh, sort_keys=False)
-    total = len(recipe["steps"])
     for k, step in enumerate(recipe["steps"], 1):
+        if not start <= k <= stop:
+            continue
         (name, options), = step.items()
         where = f"{path}: step {k} ({name})"
         command = _resolve(group, name, where)
         argv = step_argv(command, options, where)
         click.echo(f"[{k}/{total}] proxytasks {name} {' '.join(argv)}")
-        start = time.perf_counter()
+        began = time.perf_counter()
         try:
             command.main(args=argv, prog_name=f"proxytasks {name}", standalone_mode=False, obj=obj)
         except (ProxytasksError, click.ClickException) as e:
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
             raise ProxytasksError(f"{where} failed: {message}") from None
-        logger.info("step %d (%s) took %.1f s", k, name, time.perf_counter() - start)
+        logger.info("step %d (%s) took %.1f s", k, name, time.perf_counter() - began)
     if "out" in recipe:
         click.echo(f"done: outputs in {recipe['out']}/ (the resolved recipe is recipe.yaml there)")
     return recipe

@@ -88,3 +88,42 @@ def test_missing_run_and_weights_errors(tmp_path, pipeline):
     assert res.exit_code == 2 and "run folder" in res.output
     res = invoke("train", tracked, tmp_path / "missing.npz", "-o", tmp_path / "r")
     assert res.exit_code == 2 and "pairs file not found" in res.output
+
+
+def test_naming_rounds_cli(pipeline, tmp_path):
+    """cluster -> suggest -> simulate -> name, twice; the answers feed pairs; a removal sticks."""
+    out, tracked, pairs, manifest = pipeline
+    emb, clusters = out / "emb.npz", tmp_path / "clusters.csv"
+    assert invoke("cluster", emb, tracked, pairs, "-o", clusters).exit_code == 0
+    common = (emb, tracked, "--clusters", clusters)
+    res = invoke("suggest", *common, "-n", 3, "-o", tmp_path / "s1.csv")
+    assert res.exit_code == 0 and "3 faces to name" in res.output, res.output
+    res = invoke("simulate", tmp_path / "s1.csv", tracked, "-o", tmp_path / "a1.csv")
+    assert res.exit_code == 0 and "3 of 3 questions answered" in res.output, res.output
+    res = invoke("suggest", *common, "--labels", tmp_path / "a1.csv", "-n", 3, "--pairs", 2, "-o", tmp_path / "s2.csv")
+    assert res.exit_code == 0 and "2 same-person questions (3 faces named so far)" in res.output, res.output
+    asked = {r["id"] for r in csv.DictReader(open(tmp_path / "s1.csv"))}
+    again = [r for r in csv.DictReader(open(tmp_path / "s2.csv")) if r["kind"] == "name"]
+    assert len(again) == 3 and not asked & {r["id"] for r in again}  # never the same face twice
+    assert invoke("simulate", tmp_path / "s2.csv", tracked, "-o", tmp_path / "a2.csv").exit_code == 0
+    rounds = [tmp_path / "a1.csv", tmp_path / "a2.csv"]
+    res = invoke("name", out / "run", emb, *rounds, "-o", tmp_path / "names.csv", "--manifest", tracked,
+                 "--clusters", clusters)
+    assert res.exit_code == 0, res.output
+    names = {r["id"]: r for r in csv.DictReader(open(tmp_path / "names.csv"))}
+    truth = {f.id: f.identity for f in manifest}
+    assert np.mean([r["name"] == truth[i] for i, r in names.items()]) > 0.6
+    # a person removes a predicted name from a face: it stays removed in the next round
+    victim = next(i for i, r in names.items() if r["source"] != "given" and r["name"])
+    (tmp_path / "a3.csv").write_text(f"id,not_name\n{victim},{names[victim]['name']}\n")
+    res = invoke("name", out / "run", emb, *rounds, tmp_path / "a3.csv", "-o", tmp_path / "names3.csv",
+                 "--manifest", tracked, "--clusters", clusters)
+    assert res.exit_code == 0, res.output
+    after = {r["id"]: r["name"] for r in csv.DictReader(open(tmp_path / "names3.csv"))}
+    assert after[victim] != names[victim]["name"]
+    # the answers become pairs for the next training round
+    res = invoke("pairs", tracked, "-o", tmp_path / "p.npz", "--labels", rounds[0], "--labels", rounds[1],
+                 "--labels", tmp_path / "a3.csv", "--rules", "same-frame,same-track")
+    assert res.exit_code == 0 and "human-same" in res.output and "human-different" in res.output, res.output
+    res = invoke("suggest", *common, "--strategy", "nope", "-o", tmp_path / "x.csv")
+    assert res.exit_code == 2 and "unknown suggestion strategy 'nope'" in res.output
