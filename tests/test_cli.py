@@ -59,9 +59,12 @@ def test_demo_recipe_end_to_end(tmp_path):
 
 def test_recipe_errors_name_the_step(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("out: x\nsteps:\n  - validate: {manifest: m.jsonl, colour: red}\n")
+    out = tmp_path / "out"
+    bad.write_text(f"out: {out}\nsteps:\n  - validate: {{manifest: m.jsonl}}\n"
+                   "  - validate: {manifest: m.jsonl, colour: red}\n")
     res = invoke("run", bad)
-    assert res.exit_code == 2 and "step 1 (validate)" in res.output and "colour" in res.output
+    assert res.exit_code == 2 and "step 2 (validate)" in res.output and "colour" in res.output
+    assert "[1/2]" not in res.output and not out.exists()  # checked before any step runs
     bad.write_text("steps:\n  - validate: {manifest: '{nowhere}/m.jsonl'}\n")
     res = invoke("run", bad)
     assert res.exit_code == 2 and "unknown variable" in res.output
