@@ -306,8 +306,10 @@ def audit(manifest: Path, pairs: Path, as_json: bool) -> None:
 @click.option("--to", "last", default=None, metavar="STEP",
               help="Stop after this step: its number, or the name of its command (first such step "
                    "from --from on).")
+@click.option("--dry-run", is_flag=True, help="Check every step and print its command; run nothing.")
 @click.pass_context
-def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...], first: str | None, last: str | None) -> None:
+def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...], first: str | None, last: str | None,
+        dry_run: bool) -> None:
     """Run a YAML recipe: a chain of proxytasks commands.
 
     A recipe that waits for a person runs in two parts: `--to suggest`, fill the
@@ -315,7 +317,7 @@ def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...], first: str
     """
     from .recipe import run_recipe
 
-    run_recipe(recipe, cli, overrides=overrides, obj=ctx.find_root().obj, first=first, last=last)
+    run_recipe(recipe, cli, overrides=overrides, obj=ctx.find_root().obj, first=first, last=last, dry_run=dry_run)
 
 
 # --------------------------------------------------------------------------- learning

@@ -14,6 +14,7 @@ The resolved recipe is saved as ``recipe.yaml`` in the folder named by ``out``.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -127,9 +128,10 @@ def _step_number(recipe: dict[str, Any], step: str | int | None, after: int, def
 
 def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = (),
                obj: dict | None = None, first: str | int | None = None,
-               last: str | int | None = None) -> dict[str, Any]:
+               last: str | int | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Run the steps of the recipe in order, from ``first`` to ``last`` (step numbers or
-    command names; default all); returns the resolved recipe."""
+    command names; default all); returns the resolved recipe. ``dry_run`` checks and
+    prints the commands without running them."""
     path = Path(path)
     recipe = load_recipe(path, overrides)
     total = len(recipe["steps"])
@@ -144,12 +146,14 @@ def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = 
         where = f"{path}: step {k} ({name})"
         command = _resolve(group, name, where)
         planned.append((k, name, where, command, step_argv(command, options, where)))
-    if "out" in recipe:
+    if "out" in recipe and not dry_run:
         out = Path(str(recipe["out"]))
         with atomic_write(out / "recipe.yaml") as fh:
             yaml.safe_dump(recipe, fh, sort_keys=False)
     for k, name, where, command, argv in planned[start - 1:stop]:
-        click.echo(f"[{k}/{total}] proxytasks {name} {' '.join(argv)}")
+        click.echo(f"[{k}/{total}] proxytasks {name} {' '.join(shlex.quote(a) for a in argv)}")
+        if dry_run:
+            continue
         began = time.perf_counter()
         try:
             command.main(args=argv, prog_name=f"proxytasks {name}", standalone_mode=False, obj=obj)
@@ -157,6 +161,6 @@ def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = 
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
             raise ProxytasksError(f"{where} failed: {message}") from None
         logger.info("step %d (%s) took %.1f s", k, name, time.perf_counter() - began)
-    if "out" in recipe:
+    if "out" in recipe and not dry_run:
         click.echo(f"done: outputs in {recipe['out']}/ (the resolved recipe is recipe.yaml there)")
     return recipe

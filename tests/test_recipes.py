@@ -1,0 +1,102 @@
+"""The recipes in recipes/: each checks out step by step, and the two that wait for a
+person run in two parts on real media (--to suggest, a filled sheet, --from name)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from proxytasks.cli import cli
+from proxytasks.pairs import PairSet
+
+from .conftest import shared
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def run(*args) -> str:
+    res = CliRunner().invoke(cli, ["-q", "run", *map(str, args)])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_the_three_recipes_exist():
+    assert {"demo.yaml", "video_face_naming.yaml", "photo_album.yaml"} <= {p.name for p in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_step_resolves(recipe, tmp_path):
+    out = run(recipe, "--dry-run", "--set", f"out={tmp_path}")
+    steps = [line for line in out.splitlines() if line.startswith("[")]
+    assert steps and steps[-1].startswith(f"[{len(steps)}/{len(steps)}]")
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_from_and_to_pick_steps(tmp_path):
+    recipe = REPO / "recipes" / "video_face_naming.yaml"
+    out = run(recipe, "--dry-run", "--set", f"out={tmp_path}", "--to", "suggest")
+    assert out.splitlines()[-1].split()[2] == "suggest" and "--labels" not in out
+    out = run(recipe, "--dry-run", "--set", f"out={tmp_path}", "--from", "name")
+    first = out.splitlines()[0].split()
+    assert first[2] == "name" and "round1/suggestions.csv" in out
+    res = CliRunner().invoke(cli, ["-q", "run", str(recipe), "--dry-run", "--from", "nope"])
+    assert res.exit_code == 2 and "no step 'nope'" in res.output
+
+
+def fill_sheet(sheet: Path, clusters: Path) -> int:
+    """A person's answers: each face to name gets its cluster's name; 'same' questions
+    answered by cluster too. Returns the number of names typed."""
+    cluster_of = {r["id"]: r["cluster"] for r in csv.DictReader(open(clusters))}
+    rows = list(csv.DictReader(open(sheet)))
+    for r in rows:
+        if r["kind"] == "name":
+            r["name"] = f"person {cluster_of[r['id']]}"
+        else:
+            r["answer"] = "same" if cluster_of[r["id"]] == cluster_of[r["id2"]] else "different"
+    with open(sheet, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return sum(r["kind"] == "name" for r in rows)
+
+
+def check_outputs(out: Path, clusters: str) -> None:
+    names = list(csv.DictReader(open(out / "names.csv")))
+    assert names and all(r["name"] for r in names if r["source"] == "given")
+    exported = json.loads((out / "dataset" / "names.json").read_text())["folders"]
+    assert exported and all((out / "dataset" / folder).is_dir() for folder in exported)
+    assert sum(1 for _ in open(out / "dataset" / "manifest.jsonl")) == len(names)
+    html = (out / "report.html").read_text()
+    assert 'id="galleries"' in html and "<img" in html
+    assert (out / "suggestions.csv").is_file() and (out / clusters).is_file()
+
+
+def test_video_recipe_in_two_parts(tmp_path):
+    clip = shared("face_recognition_examples", "examples", "short_hamilton_clip.mp4")
+    recipe = REPO / "recipes" / "video_face_naming.yaml"
+    opts = ["--set", f"out={tmp_path}", "--set", f"media={clip}", "--set", "fps=3", "--set", "budget=8",
+            "--set", "questions=4"]
+    run(recipe, *opts, "--to", "suggest")
+    assert not (tmp_path / "names.csv").exists()
+    assert fill_sheet(tmp_path / "round1" / "suggestions.csv", tmp_path / "clusters1.csv") > 0
+    run(recipe, *opts, "--from", "name")
+    check_outputs(tmp_path, "clusters.csv")
+    # the second training round saw the person's answers as pairs
+    pairs = PairSet.load(tmp_path / "pairs_human.npz")
+    human = {r.name: int((pairs.rule == k).sum()) for k, r in enumerate(pairs.rules) if r.name.startswith("human-")}
+    assert sum(human.values()) > 0, human
+
+
+def test_photo_album_recipe_in_two_parts(tmp_path):
+    photos = shared("face_recognition_examples", "examples")
+    recipe = REPO / "recipes" / "photo_album.yaml"
+    opts = ["--set", f"out={tmp_path}", "--set", f"photos={photos}", "--set", "budget=8",
+            "--set", "questions=4"]
+    run(recipe, *opts, "--to", "suggest")
+    assert fill_sheet(tmp_path / "round1" / "suggestions.csv", tmp_path / "clusters.csv") > 0
+    run(recipe, *opts, "--from", "name")
+    check_outputs(tmp_path, "clusters.csv")
