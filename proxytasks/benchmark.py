@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -25,25 +25,33 @@ from .manifest import Manifest
 logger = logging.getLogger(__name__)
 
 DEFAULT_RULES = "same-frame,same-track,track-cooccurrence,same-photo"
+DLIB_BACKBONE = "dlib_resnet29"
+PEERS = ("face_recognition", "proxy_dlib")
 
 
-def evaluate_method(vectors: np.ndarray, manifest: Manifest, groups: np.ndarray, cannot: np.ndarray,
-                    shots: Sequence[int], repeats: int, seed: int,
-                    clusters: np.ndarray | None = None) -> dict[str, Any]:
-    """Clustering, few-shot naming and verification of one embedding, with the contract's keys.
+Namer = Callable[[dict[int, str], int], Sequence[Optional[str]]]  # (named faces, seed) -> a name per face
+
+
+def toolkit_namer(vectors: np.ndarray, groups: np.ndarray, clusters: np.ndarray) -> Namer:
+    """The toolkit's own naming over ``vectors``: names carried along tracks and clusters."""
+    from .naming import name_faces
+
+    return lambda named, seed: name_faces(vectors, named, tracks=groups, clusters=clusters, seed=seed).names
+
+
+def evaluate_method(vectors: np.ndarray, manifest: Manifest, clusters: np.ndarray, namer: Namer,
+                    shots: Sequence[int], repeats: int, seed: int, metric: str = "cosine") -> dict[str, Any]:
+    """Clustering, few-shot naming and verification of one method, with the contract's keys.
 
     Naming at k shots: k faces per identity (among identities with at least k+1 faces)
-    are the only names given; accuracy and macro-F1 are over the other faces of those
-    identities, averaged over ``repeats`` seeded draws shared by every method.
+    are the only names ``namer`` is given; accuracy and macro-F1 are over the other faces
+    of those identities, averaged over ``repeats`` seeded draws shared by every method.
+    Verification scores face pairs by ``metric`` (cosine or euclidean) of ``vectors``.
     """
-    from .cluster import cluster_faces
     from .metrics import clustering_metrics, few_shot_draw, macro_f1, naming_accuracy, verification_metrics
-    from .naming import name_faces
 
     identity = np.array([f.identity if f.identity is not None else "" for f in manifest.faces], dtype=object)
     known = identity != ""
-    if clusters is None:
-        clusters = cluster_faces(vectors, groups=groups, cannot_links=cannot, seed=seed).labels
     out: dict[str, Any] = {"naming": {}, "naming_macro_f1": {}}
     for k in shots:
         accs, f1s = [], []
@@ -52,48 +60,91 @@ def evaluate_method(vectors: np.ndarray, manifest: Manifest, groups: np.ndarray,
             drawn = np.flatnonzero(known)[few_shot_draw(identity[known], k, rng)]
             if not len(drawn):
                 break
-            result = name_faces(vectors, {int(i): identity[i] for i in drawn}, tracks=groups,
-                                clusters=clusters, seed=seed + r)
+            names = namer({int(i): identity[i] for i in drawn}, seed + r)
             evaluated = known & np.isin(identity, identity[drawn])
             evaluated[drawn] = False
             true = identity[evaluated]
-            pred = [result.names[i] for i in np.flatnonzero(evaluated)]
+            pred = [names[i] for i in np.flatnonzero(evaluated)]
             accs.append(naming_accuracy(true, pred))
             f1s.append(macro_f1(true, pred))
         out["naming"][str(k)] = float(np.mean(accs)) if accs else None
         out["naming_macro_f1"][str(k)] = float(np.mean(f1s)) if f1s else None
     cm = clustering_metrics(identity[known], clusters[known])
     out["clustering"] = {key: cm[key] for key in ("wcp", "nmi", "bcubed_f1", "clusters")}
-    out["verification"] = verification_metrics(vectors[known], identity[known], seed=seed)
+    out["verification"] = verification_metrics(vectors[known], identity[known], seed=seed, metric=metric)
     return out
+
+
+def _proxy_run(manifest: Manifest, pairs: Any, run: Path, cfg: Any, progress: bool
+               ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Train in ``run``; returns (training summary, pretrained vectors, proxy vectors)."""
+    from .embed import head_vectors
+    from .embedder import Embedder
+    from .train import train
+
+    trained = train(manifest, pairs, run, cfg, progress=progress)
+    with np.load(run / "features.npz", allow_pickle=False) as z:
+        plain = z["features"][0].astype(np.float32)
+    pretrained = plain / np.maximum(np.linalg.norm(plain, axis=1, keepdims=True), 1e-12)
+    return trained, pretrained, head_vectors(Embedder.load(run), plain)
+
+
+def peer_status(backbone: str) -> dict[str, str | None]:
+    """Per peer method, None when this machine can run it, else why not
+    (``face_recognition`` needs dlib, ``proxy_dlib`` dlib's face ResNet weights)."""
+    from .models import WeightsNotFoundError, resolve_weights
+    from .peers import dlib_peer_available
+
+    ok, reason = dlib_peer_available()
+    status: dict[str, str | None] = {"face_recognition": None if ok else reason, "proxy_dlib": None}
+    try:
+        resolve_weights(DLIB_BACKBONE)
+    except WeightsNotFoundError as e:
+        status["proxy_dlib"] = str(e)
+    return status
 
 
 def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, backbone: str = "tf_efficientnet_lite0",
                   weights: str | None = None, time_budget: float = 300.0, shots: Sequence[int] = (1, 5, 20),
                   repeats: int = 5, seed: int = 0, progress: bool = True,
                   train_steps: int | None = None, active: Sequence[str] = (), active_budget: int | None = None,
-                  active_batch: int = 5) -> dict[str, Any]:
+                  active_batch: int = 5, peers: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and write ``out/metrics.json``; returns the metrics.
 
     ``train_steps`` fixes the number of optimisation steps (still within the budget),
     which makes a run reproducible on any machine. ``active`` names suggestion
     strategies: for each, naming accuracy against names typed by a simulated person
     (rounds of ``active_batch``, up to ``active_budget`` names, default four per
-    identity) on the proxy embedding, under ``"active"``.
+    identity) on the proxy embedding, under ``"active"``. ``peers`` (None: every one
+    this machine can run, see :func:`peer_status`) adds methods: ``face_recognition``
+    (dlib's own pipeline: its descriptors of dlib-aligned chips, chinese whispers at
+    Euclidean 0.6, kNN naming) and ``proxy_dlib`` (proxy training from dlib's face
+    ResNet, with its own ``time_budget``; the same run as ``proxy`` when ``backbone``
+    is already ``dlib_resnet29``).
     """
     from .cluster import cluster_faces, constraint_arrays
-    from .embed import head_vectors
-    from .embedder import Embedder
     from .evaluate import audit_pairs
     from .rules import RuleSet
     from .track import track_manifest
-    from .train import TrainConfig, train
+    from .train import TrainConfig
 
     start = time.perf_counter()
     if active:
         from .active import check_strategies
 
         check_strategies(active)
+    unknown = sorted(set(peers or ()) - set(PEERS))
+    if unknown:
+        raise ProxytasksError(f"unknown peer(s) {', '.join(unknown)}: choose from {', '.join(PEERS)}")
+    status = peer_status(backbone) if peers is None or peers else {}
+    if peers is None:
+        peers = [p for p in PEERS if status[p] is None]
+        for p in PEERS:
+            if status[p] is not None:
+                logger.warning("benchmark without the %s peer: %s", p, status[p])
+    for p in peers:
+        if status[p] is not None:
+            raise ProxytasksError(f"peer {p} cannot run here: {status[p]}")
     out = Path(out)
     manifest = Manifest.read(manifest_path)
     if not any(f.identity is not None for f in manifest.faces):
@@ -108,18 +159,31 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     rules = {name: {k: r[k] for k in ("pairs", "label", "precision", "faces_covered")}
              for name, r in audit["rules"].items()}
     cfg = TrainConfig(backbone=backbone, weights=weights, time_budget=time_budget, seed=seed, steps=train_steps)
-    trained = train(manifest, pairs, out / "run", cfg, progress=progress)
-    with np.load(out / "run" / "features.npz", allow_pickle=False) as z:
-        plain = z["features"][0].astype(np.float32)
-    pretrained = plain / np.maximum(np.linalg.norm(plain, axis=1, keepdims=True), 1e-12)
-    proxy = head_vectors(Embedder.load(out / "run"), plain)
+    trained, pretrained, proxy = _proxy_run(manifest, pairs, out / "run", cfg, progress)
     groups, cannot = constraint_arrays(manifest, pairs)
+    vectors = {"pretrained": pretrained, "proxy": proxy}
+    if "proxy_dlib" in peers:
+        if backbone.split(".")[0] == DLIB_BACKBONE:
+            vectors["proxy_dlib"] = proxy
+        else:
+            dlib_cfg = TrainConfig(backbone=DLIB_BACKBONE, time_budget=time_budget, seed=seed, steps=train_steps)
+            vectors["proxy_dlib"] = _proxy_run(manifest, pairs, out / "run_dlib", dlib_cfg, progress)[2]
     methods, clusters = {}, {}
-    for name, vectors in (("pretrained", pretrained), ("proxy", proxy)):
+    for name, x in vectors.items():
         t0 = time.perf_counter()
-        clusters[name] = cluster_faces(vectors, groups=groups, cannot_links=cannot, seed=seed).labels
-        methods[name] = evaluate_method(vectors, manifest, groups, cannot, shots, repeats, seed, clusters[name])
+        clusters[name] = cluster_faces(x, groups=groups, cannot_links=cannot, seed=seed).labels
+        methods[name] = evaluate_method(x, manifest, clusters[name], toolkit_namer(x, groups, clusters[name]),
+                                        shots, repeats, seed)
         logger.info("evaluated %s in %.1f s", name, time.perf_counter() - t0)
+    if "face_recognition" in peers:
+        from .peers import chinese_whispers, face_recognition_descriptors, knn_names
+
+        t0 = time.perf_counter()
+        desc = face_recognition_descriptors(manifest, progress=progress)
+        methods["face_recognition"] = evaluate_method(desc, manifest, chinese_whispers(desc),
+                                                      lambda named, _: knn_names(desc, named),
+                                                      shots, repeats, seed, metric="euclidean")
+        logger.info("evaluated face_recognition in %.1f s", time.perf_counter() - t0)
     metrics = {
         "dataset": {k: summary[k] for k in ("faces", "identities", "media", "frames")},
         "rules": rules,

@@ -397,6 +397,10 @@ def _int_list(value: str, what: str) -> list[int]:
     return items
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder (metrics.json).")
@@ -413,10 +417,13 @@ def _int_list(value: str, what: str) -> list[int]:
               help="Names the simulated person types (default: four per identity).")
 @click.option("--active-batch", type=click.IntRange(1), default=5, show_default=True,
               help="Suggestions answered per naming round.")
+@click.option("--peers", default="auto", show_default=True,
+              help="Peer methods measured in the same run: face_recognition (dlib's own pipeline), proxy_dlib "
+                   "(proxy training from dlib's face ResNet); auto: those this machine can run; none.")
 @click.pass_context
 def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weights: str | None,
               time_budget: float, shots: str, repeats: int, seed: int, active: str | None,
-              active_budget: int | None, active_batch: int) -> None:
+              active_budget: int | None, active_batch: int, peers: str) -> None:
     """Naming benchmark on a labelled MANIFEST: proxy training vs the pretrained backbone."""
     from .active import names_to_reach
     from .benchmark import run_benchmark
@@ -424,12 +431,14 @@ def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weig
     strategies = [s.strip() for s in active.split(",") if s.strip()] if active else []
     metrics = run_benchmark(manifest, out, backbone, weights, time_budget, _int_list(shots, "--shots"),
                             repeats, seed, progress=_progress(ctx), active=strategies,
-                            active_budget=active_budget, active_batch=active_batch)
+                            active_budget=active_budget, active_batch=active_batch,
+                            peers=None if peers == "auto" else [p.strip() for p in peers.split(",")
+                                                                if p.strip() and p.strip() != "none"])
     click.echo(f"wrote {out / 'metrics.json'} ({metrics['seconds']:.0f} s)")
     for name, m in metrics["methods"].items():
-        naming = " ".join(f"{k}-shot {'-' if v is None else f'{v:.3f}'}" for k, v in m["naming"].items())
-        click.echo(f"  {name:<11} naming {naming} | bcubed F1 {m['clustering']['bcubed_f1']:.3f} "
-                   f"({m['clustering']['clusters']} clusters) | AUC {m['verification']['roc_auc']}")
+        naming = " ".join(f"{k}-shot {_fmt(v)}" for k, v in m["naming"].items())
+        click.echo(f"  {name:<16} naming {naming} | bcubed F1 {m['clustering']['bcubed_f1']:.3f} "
+                   f"({m['clustering']['clusters']} clusters) | AUC {_fmt(m['verification']['roc_auc'])}")
     if strategies:
         reach = {k: names_to_reach(c) for k, c in metrics["active"].items()}
         click.echo("  names typed to reach 90% naming accuracy: "
@@ -438,7 +447,7 @@ def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weig
             v is not None for k, v in reach.items() if k != "random") else None
         if best and reach.get("random"):
             click.echo(f"  best strategy {best[1]}: {best[0]} names vs random {reach['random']} "
-                       f"(ratio {best[0] / reach['random']:.2f})")
+                       f"(ratio {reach['random'] / best[0]:.2f}: times fewer names)")
 
 
 # --------------------------------------------------------------------------- index, clusters, names

