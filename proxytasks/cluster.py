@@ -221,6 +221,8 @@ def _run(comp: _Components, a: list[int], b: list[int], s: np.ndarray, threshold
 
 def _fallback_threshold(sims: np.ndarray) -> float:
     """Robust low bound of nearest-neighbour similarities: median - 4 * 1.4826 * MAD."""
+    if sims.ndim != 2 or sims.shape[1] == 0:  # one component only: no neighbours at all
+        return 1.0
     first = sims[:, 0][np.isfinite(sims[:, 0])]
     if len(first) == 0:
         return 1.0

@@ -69,7 +69,21 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    try:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _is_text(v: Any) -> bool:
+    """A non-empty string that UTF-8 can encode (no lone surrogates such as "\\ud800")."""
+    if not isinstance(v, str) or not v.strip():
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _type_name(v: Any) -> str:
@@ -90,14 +104,14 @@ def _check_fields(obj: dict[str, Any]) -> list[str]:
     for name in ("id", "media"):
         if name not in obj or obj[name] is None:
             problems.append(f"field '{name}' is required and missing")
-        elif not isinstance(obj[name], str) or not obj[name].strip():
-            bad(name, "a non-empty string")
+        elif not _is_text(obj[name]):
+            bad(name, "a non-empty string of valid Unicode")
     for name in ("image", "crop", "track", "identity"):
-        if obj.get(name) is not None and (not isinstance(obj[name], str) or not obj[name].strip()):
-            bad(name, "a non-empty string")
+        if obj.get(name) is not None and not _is_text(obj[name]):
+            bad(name, "a non-empty string of valid Unicode")
     for name in ("frame", "shot"):
-        if obj.get(name) is not None and (not _is_int(obj[name]) or obj[name] < 0):
-            bad(name, "a non-negative integer or null")
+        if obj.get(name) is not None and (not _is_int(obj[name]) or not 0 <= obj[name] < 2**63):
+            bad(name, "a non-negative integer below 2**63 or null")
     for name in ("time", "score"):
         if obj.get(name) is not None and not _is_number(obj[name]):
             bad(name, "a finite number")
@@ -126,9 +140,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid number (NaN and Infinity are refused)")
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:30]} is out of the range of a float")
+    return value
+
+
 def parse_line(text: str) -> dict[str, Any]:
-    """Parse one manifest line; NaN/Infinity and non-objects raise ``ValueError``."""
-    obj = json.loads(text, parse_constant=_reject_constant)
+    """Parse one manifest line; NaN/Infinity (or 1e999), non-objects raise ``ValueError``."""
+    obj = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {_type_name(obj)}")
     return obj
@@ -144,9 +165,10 @@ def face_from_dict(obj: dict[str, Any]) -> Face:
 
 
 def _open_text(path: Path):
+    # bytes that are not UTF-8 become lone surrogates, refused line by line in Manifest.read
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8", errors="surrogateescape")
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -207,6 +229,12 @@ class Manifest:
             with _open_text(path) as fh:
                 for lineno, text in enumerate(fh, 1):
                     if not text.strip():
+                        continue
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError as e:
+                        problems.append(f"{path}:{lineno}: not valid UTF-8: byte "
+                                        f"0x{ord(text[e.start]) - 0xdc00:02x} at column {e.start + 1}")
                         continue
                     try:
                         obj = parse_line(text)

@@ -44,7 +44,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ProxytasksError(f"--set {item!r}: expected KEY=VALUE")
-        variables[key] = yaml.safe_load(value)
+        try:
+            variables[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ProxytasksError(f"--set {item!r}: not a YAML value: {e}") from None
     steps = []
     for k, step in enumerate(data["steps"], 1):
         if not (isinstance(step, dict) and len(step) == 1):

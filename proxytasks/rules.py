@@ -55,8 +55,16 @@ class FaceColumns:
 
     def frame_key(self) -> np.ndarray:
         """One code per (media, frame); -1 for photos."""
-        key = self.media * (int(self.frame.max(initial=0)) + 1) + self.frame
-        return np.where(self.frame >= 0, key, -1)
+        span = int(self.frame.max(initial=0)) + 1
+        if (int(self.media.max(initial=0)) + 1) * span < 2**63:
+            return np.where(self.frame >= 0, self.media * span + self.frame, -1)
+        # media * span + frame would overflow int64: rank the distinct (media, frame) instead
+        key = np.full(len(self.frame), -1, dtype=np.int64)
+        idx = np.flatnonzero(self.frame >= 0)
+        order = idx[np.lexsort((self.frame[idx], self.media[idx]))]
+        m, f = self.media[order], self.frame[order]
+        key[order] = np.cumsum(np.r_[False, (m[1:] != m[:-1]) | (f[1:] != f[:-1])])
+        return key
 
 
 def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

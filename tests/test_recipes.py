@@ -92,7 +92,13 @@ def test_video_recipe_in_two_parts(tmp_path):
 
 
 def test_photo_album_recipe_in_two_parts(tmp_path):
-    photos = shared("face_recognition_examples", "examples")
+    examples = shared("face_recognition_examples", "examples")
+    photos = tmp_path / "album"  # a small album: portraits and group photos (same-photo pairs)
+    photos.mkdir()
+    for src in [examples / n for n in ("two_people.jpg", "obama_small.jpg", "biden.jpg", "alex-lacamoire.png",
+                                       "lin-manuel-miranda.png")] + [shared("bbt", "images", "bbt4.jpg")]:
+        (photos / src.name).symlink_to(src)
+    tmp_path = tmp_path / "run"
     recipe = REPO / "recipes" / "photo_album.yaml"
     opts = ["--set", f"out={tmp_path}", "--set", f"photos={photos}", "--set", "budget=8",
             "--set", "questions=4"]
