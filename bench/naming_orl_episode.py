@@ -10,38 +10,13 @@ backbone; random choice) measured in the same run.
 """
 from __future__ import annotations
 
-import argparse
-import logging
-import tempfile
-from pathlib import Path
-
-from common import SHARED_DATA, emit
+from common import emit, orl_episode_benchmark
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--identities", type=int, default=10)
-    ap.add_argument("--shots", type=int, default=20, help="shots of the episode (scenes), not names")
-    ap.add_argument("--time-budget", type=float, default=120)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    from data_tools.importers import import_folders
-    from data_tools.synthetic import make_episode
     from proxytasks.active import STRATEGIES, names_to_reach
-    from proxytasks.benchmark import run_benchmark
 
-    orl = SHARED_DATA / "orl_faces"
-    if not orl.is_dir():
-        raise SystemExit(f"needs {orl} (see shared/data/README.md)")
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench_orl_"))
-    ids = import_folders(orl, out / "orl.jsonl")
-    manifest = make_episode(out / "episode", ids, n_identities=args.identities, n_shots=args.shots,
-                            seed=args.seed, progress=False)
-    m = run_benchmark(manifest, out / "benchmark", time_budget=args.time_budget, shots=(1, 5),
-                      repeats=args.repeats, seed=0, progress=False, active=tuple(STRATEGIES.names()))
+    m = orl_episode_benchmark(__doc__, "bench_orl_", active=tuple(STRATEGIES.names()), peers=())
     pre, proxy = m["methods"]["pretrained"], m["methods"]["proxy"]
     rows = [("naming_1shot", proxy["naming"]["1"], pre["naming"]["1"]),
             ("naming_5shot", proxy["naming"]["5"], pre["naming"]["5"]),
