@@ -42,6 +42,8 @@ from .pairs import PairSet, ids_digest
 
 logger = logging.getLogger(__name__)
 
+FEATURE_SHARE = 0.5  # at most this share of a time budget on caching views after the first
+
 
 @dataclass
 class TrainConfig:
@@ -54,7 +56,7 @@ class TrainConfig:
     input_size: int = 128
     loss: str = "auto"  # track-supcon with cannot-links, ntxent without
     init: str = "kissme"  # head start: kissme | random
-    views: tuple[str, ...] = ("plain", "flip", "augment")
+    views: tuple[str, ...] = ("plain", "flip", "augment")  # "plain" first: the one every run needs
     groups_per_batch: int = 16
     faces_per_group: int = 4
     negative_groups: int = 2
@@ -197,8 +199,13 @@ class GroupBatcher:
 
 # --------------------------------------------------------------------------- training
 def _features(embedder: Embedder, manifest: Manifest, cfg: TrainConfig, run: Path, device: str,
-              progress: bool) -> np.ndarray:
-    """Trunk features for every view, cached in the run folder (float16)."""
+              progress: bool, start: float) -> np.ndarray:
+    """Trunk features for every view, cached in the run folder (float16).
+
+    Views after the first are left out when computing one more would take the run past
+    :data:`FEATURE_SHARE` of its time budget (counted from ``start``), so that a short
+    budget still leaves time to train; the array holds the views computed.
+    """
     key = {"backbone": cfg.backbone, "weights": cfg.weights, "input_size": cfg.input_size,
            "views": list(cfg.views), "seed": cfg.seed, "ids": ids_digest([f.id for f in manifest.faces])}
     path = run / "features.npz"
@@ -210,8 +217,18 @@ def _features(embedder: Embedder, manifest: Manifest, cfg: TrainConfig, run: Pat
                     return z["features"].astype(np.float32)
         except (OSError, ValueError, KeyError):
             logger.warning("ignoring unreadable feature cache %s", path)
-    feats = trunk_features(embedder, manifest, cfg.views, cfg.batch_size, cfg.workers, cfg.seed,
-                           progress, device).astype(np.float16)
+    done: list[np.ndarray] = []
+    began = time.perf_counter()
+    for view in cfg.views:
+        per_view = (time.perf_counter() - began) / max(len(done), 1)
+        if done and cfg.time_budget is not None and \
+                time.perf_counter() - start + per_view > FEATURE_SHARE * cfg.time_budget:
+            logger.warning("time budget: trunk features of %d of %d views cached (%s); more views need a "
+                           "larger --time-budget", len(done), len(cfg.views), ", ".join(cfg.views[:len(done)]))
+            break
+        done.append(trunk_features(embedder, manifest, (view,), cfg.batch_size, cfg.workers, cfg.seed,
+                                   progress, device)[0].astype(np.float16))
+    feats = np.stack(done)
     with atomic_write(path, "wb", gz=False) as fh:
         np.savez(fh, features=feats, key=np.array(json.dumps(key)))
     return feats.astype(np.float32)  # as a resumed run reads them back
@@ -249,13 +266,13 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
     torch.manual_seed(cfg.seed)
     device = str(select_device(cfg.device))
     embedder = create_embedder(cfg.backbone, cfg.weights, cfg.dim, cfg.head, cfg.input_size)
-    feats = _features(embedder, manifest, cfg, run, device, progress)
+    feats = _features(embedder, manifest, cfg, run, device, progress, start)
     embedder.to("cpu")
     val = holdout_mask(manifest, cfg.holdout, cfg.seed)
     cons = Constraints.from_pairs(pairs, ~val)
     vpos, vneg = pairs_within(pairs, val)
     tpos, tneg = pairs_within(pairs, ~val)
-    batcher = GroupBatcher(cons, ~val, len(cfg.views), cfg)
+    batcher = GroupBatcher(cons, ~val, len(feats), cfg)
     loss_name = cfg.loss if cfg.loss != "auto" else ("track-supcon" if len(cons.cannot) else "ntxent")
     loss_fn = make_loss(loss_name)
     plain = feats[0]
