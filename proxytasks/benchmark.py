@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -29,7 +29,7 @@ DLIB_BACKBONE = "dlib_resnet29"
 PEERS = ("face_recognition", "proxy_dlib")
 
 
-Namer = Callable[[dict[int, str], int], Sequence[Optional[str]]]  # (named faces, seed) -> a name per face
+Namer = Callable[[dict[int, str], int], Sequence[str | None]]  # (named faces, seed) -> a name per face
 
 
 def toolkit_namer(vectors: np.ndarray, groups: np.ndarray, clusters: np.ndarray) -> Namer:
