@@ -336,7 +336,8 @@ def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...], first: str
               help="Start the linear head from the KISSME metric fitted on the pairs.")
 @click.option("--steps", type=int, default=None, help="Optimisation steps.")
 @click.option("--epochs", type=float, default=None, help="Passes over the training faces.")
-@click.option("--time-budget", type=float, default=None, help="Seconds for the whole command; stops cleanly and saves.")
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds for the whole command; stops cleanly and saves.")
 @click.option("--lr", default=1e-3, show_default=True, help="Learning rate.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
@@ -406,7 +407,8 @@ def _fmt(value: float | None) -> str:
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder (metrics.json).")
 @click.option("--backbone", default="tf_efficientnet_lite0", show_default=True, help="timm backbone name.")
 @click.option("--weights", default=None, help="Backbone weights file (.pth/.safetensors).")
-@click.option("--time-budget", default=300.0, show_default=True, help="Seconds for proxy training.")
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=300.0, show_default=True,
+              help="Seconds for proxy training.")
 @click.option("--shots", default="1,5,20", show_default=True, help="Names given per identity.")
 @click.option("--repeats", default=5, show_default=True, help="Seeded draws per shot count.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")

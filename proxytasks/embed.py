@@ -109,11 +109,16 @@ def trunk_features(embedder: Embedder, manifest: Manifest, views: Sequence[str] 
             loader = DataLoader(FaceDataset(manifest, transform, view, seed, aligner), batch_size=batch_size,
                                 num_workers=workers, shuffle=False, pin_memory=cuda)
             pos = 0
-            for batch in loader:
-                feats = trunk(batch.to(device, non_blocking=True)).float().cpu().numpy()
-                out[v, pos:pos + len(feats)] = feats
-                pos += len(feats)
-                bar.update(len(feats))
+            try:
+                for batch in loader:
+                    feats = trunk(batch.to(device, non_blocking=True)).float().cpu().numpy()
+                    out[v, pos:pos + len(feats)] = feats
+                    pos += len(feats)
+                    bar.update(len(feats))
+            except ProxytasksError as e:  # from a worker, torch wraps the message in its traceback
+                if "Original Traceback" not in str(e):
+                    raise
+                raise ProxytasksError(str(e).rsplit("ProxytasksError: ", 1)[-1].strip()) from None
     bar.close()
     if not np.isfinite(out).all():
         raise ProxytasksError("the trunk produced NaN or infinite features; check the weights")
@@ -157,7 +162,9 @@ class Embeddings:
         try:
             with np.load(path, allow_pickle=False) as z:
                 vectors, ids, meta = z["vectors"], [str(s) for s in z["ids"]], json.loads(str(z["meta"]))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            if not isinstance(meta, dict):
+                raise ValueError("its header is not a JSON object")
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
             raise ProxytasksError(f"{path}: not a proxytasks embeddings file ({e})") from None
         if meta.get("format_version") != FORMAT_VERSION or vectors.shape != (meta.get("n"), meta.get("dim")) \
                 or ids_digest(ids) != meta.get("ids_digest"):

@@ -186,7 +186,9 @@ class PairSet:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 arrays = {k: z[k] for k in ("i", "j", "rule")}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+            if not isinstance(meta, dict):
+                raise ValueError("its header is not a JSON object")
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
             raise ProxytasksError(f"{path}: not a proxytasks pairs file ({e})") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise ProxytasksError(f"{path}: pairs format {meta.get('format_version')} is not "
