@@ -42,7 +42,7 @@ from .pairs import PairSet, ids_digest
 
 logger = logging.getLogger(__name__)
 
-FEATURE_SHARE = 0.5  # at most this share of a time budget on caching views after the first
+FEATURE_SHARE = 0.5  # at most this share of a time budget on caching views after the first two
 
 
 @dataclass
@@ -202,7 +202,8 @@ def _features(embedder: Embedder, manifest: Manifest, cfg: TrainConfig, run: Pat
               progress: bool, start: float) -> np.ndarray:
     """Trunk features for every view, cached in the run folder (float16).
 
-    Views after the first are left out when computing one more would take the run past
+    Views after the first two (two views of one face are the positive pair of a photo
+    collection) are left out when computing one more would take the run past
     :data:`FEATURE_SHARE` of its time budget (counted from ``start``), so that a short
     budget still leaves time to train; the array holds the views computed.
     """
@@ -221,7 +222,7 @@ def _features(embedder: Embedder, manifest: Manifest, cfg: TrainConfig, run: Pat
     began = time.perf_counter()
     for view in cfg.views:
         per_view = (time.perf_counter() - began) / max(len(done), 1)
-        if done and cfg.time_budget is not None and \
+        if len(done) >= 2 and cfg.time_budget is not None and \
                 time.perf_counter() - start + per_view > FEATURE_SHARE * cfg.time_budget:
             logger.warning("time budget: trunk features of %d of %d views cached (%s); more views need a "
                            "larger --time-budget", len(done), len(cfg.views), ", ".join(cfg.views[:len(done)]))
