@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import ProxytasksError
 from .fileio import atomic_write
-from .naming import Annotations, NamingResult, name_faces
+from .naming import Annotations, NamingResult, name_from_annotations
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -404,8 +404,8 @@ def active_curve(vectors: np.ndarray, identity: Sequence[str | None], strategy: 
         if not todo:
             break
         annotator.apply(todo, ann)
-        result = name_faces(vectors, ann.named, tracks=tracks, clusters=clusters, seed=seed,
-                            forbidden=ann.forbidden, same=sorted(ann.same), **naming_options)
+        result = name_from_annotations(vectors, ann, tracks=tracks, clusters=clusters, seed=seed,
+                                       **naming_options)
         evaluated = truth != ""
         evaluated[list(ann.named)] = False
         pred = [result.names[i] for i in np.flatnonzero(evaluated)]

@@ -546,28 +546,31 @@ def name(run: Path, emb: Path, labels: tuple[Path, ...], out: Path, manifest: Pa
     """
     from .cluster import read_clusters
     from .embed import Embeddings
-    from .naming import name_faces, read_annotations, write_names
+    from .naming import name_from_annotations, read_annotations, write_names
 
     e = Embeddings.load(emb)
     config = run / "config.json"
     if config.is_file() and json.loads(config.read_text()).get("backbone") != e.meta.get("backbone"):
         raise ProxytasksError(f"{emb} was not embedded with the model of {run}")
-    tracks = None
-    if manifest is not None:
-        from .manifest import Manifest
-        from .rules import FaceColumns
-
-        m = Manifest.read(manifest, check_files=False)
-        if [f.id for f in m.faces] != e.ids:
-            raise ProxytasksError(f"{manifest} does not hold the faces of {emb} in order")
-        tracks = FaceColumns.from_manifest(m).track
+    tracks = _tracks_of(manifest, emb, e.ids) if manifest is not None else None
     groups = read_clusters(clusters, e.ids) if clusters is not None else None
     ann = read_annotations(labels, e.ids, groups)
-    result = name_faces(e.vectors, ann.named, tracks=tracks, clusters=groups, unknown_threshold=unknown_threshold,
-                        head=head, seed=seed, forbidden=ann.forbidden, same=sorted(ann.same))
+    result = name_from_annotations(e.vectors, ann, tracks=tracks, clusters=groups,
+                                   unknown_threshold=unknown_threshold, head=head, seed=seed)
     write_names(out, e.ids, result)
     named = sum(n is not None for n in result.names)
     click.echo(f"wrote {out}: {named} of {len(e.ids)} faces named, {len(set(result.names) - {None})} names")
+
+
+def _tracks_of(manifest: Path, emb: Path, ids: list[str]):
+    """The track of each face of MANIFEST, which must hold the faces of EMB in order."""
+    from .manifest import Manifest
+    from .rules import FaceColumns
+
+    m = Manifest.read(manifest, check_files=False)
+    if [f.id for f in m.faces] != ids:
+        raise ProxytasksError(f"{manifest} does not hold the faces of {emb} in order")
+    return FaceColumns.from_manifest(m).track
 
 
 @cli.command()
@@ -589,20 +592,14 @@ def suggest(emb: Path, manifest: Path, out: Path, clusters: Path | None, labels:
     from .active import Pool, STRATEGIES, suggest as suggest_faces, write_suggestions
     from .cluster import read_clusters
     from .embed import Embeddings
-    from .manifest import Manifest
-    from .naming import Annotations, name_faces, read_annotations
-    from .rules import FaceColumns
+    from .naming import Annotations, name_from_annotations, read_annotations
 
     STRATEGIES.get(strategy)
     e = Embeddings.load(emb)
-    m = Manifest.read(manifest, check_files=False)
-    if [f.id for f in m.faces] != e.ids:
-        raise ProxytasksError(f"{manifest} does not hold the faces of {emb} in order")
-    tracks = FaceColumns.from_manifest(m).track
+    tracks = _tracks_of(manifest, emb, e.ids)
     groups = read_clusters(clusters, e.ids) if clusters is not None else None
     ann = read_annotations(labels, e.ids, groups) if labels else Annotations()
-    result = name_faces(e.vectors, ann.named, tracks=tracks, clusters=groups, seed=seed,
-                        forbidden=ann.forbidden, same=sorted(ann.same)) if ann.named else None
+    result = name_from_annotations(e.vectors, ann, tracks=tracks, clusters=groups, seed=seed) if ann.named else None
     todo = suggest_faces(Pool(e.vectors, tracks, groups, ann, result), strategy, n, n_pairs, seed)
     write_suggestions(out, e.ids, todo)
     click.echo(f"wrote {out}: {sum(s.kind == 'name' for s in todo)} faces to name, "

@@ -372,6 +372,12 @@ class Annotations:
         (self.different if same else self.same).discard(key)
 
 
+def name_from_annotations(vectors: np.ndarray, ann: "Annotations", **options) -> NamingResult:
+    """:func:`name_faces` from what a person said: their names, the names they removed
+    from faces and their "same person" answers."""
+    return name_faces(vectors, ann.named, forbidden=ann.forbidden, same=sorted(ann.same), **options)
+
+
 def read_annotations(paths: Sequence[str | os.PathLike] | str | os.PathLike, ids: Sequence[str],
                      clusters: np.ndarray | None = None, into: Annotations | None = None) -> Annotations:
     """Read naming rounds, in order, into :class:`Annotations`.
