@@ -39,6 +39,38 @@ def toolkit_namer(vectors: np.ndarray, groups: np.ndarray, clusters: np.ndarray)
     return lambda named, seed: name_faces(vectors, named, tracks=groups, clusters=clusters, seed=seed).names
 
 
+def identities(manifest: Manifest) -> np.ndarray:
+    """The ``identity`` of each face as an object array, "" where it is unknown."""
+    return np.array([f.identity if f.identity is not None else "" for f in manifest.faces], dtype=object)
+
+
+def naming_scores(identity: np.ndarray, namer: Namer, k: int, repeats: int, seed: int
+                  ) -> tuple[float | None, float | None]:
+    """Mean naming accuracy and macro-F1 at ``k`` shots over ``repeats`` seeded draws.
+
+    Each draw gives ``namer`` k faces per identity (among identities with at least k+1
+    faces; "" is unknown); both scores are over the other faces of those identities.
+    None when no identity has k+1 faces.
+    """
+    from .metrics import few_shot_draw, macro_f1, naming_accuracy
+
+    known = identity != ""
+    accs, f1s = [], []
+    for r in range(repeats):
+        rng = np.random.default_rng([seed, k, r])
+        drawn = np.flatnonzero(known)[few_shot_draw(identity[known], k, rng)]
+        if not len(drawn):
+            break
+        names = namer({int(i): identity[i] for i in drawn}, seed + r)
+        evaluated = known & np.isin(identity, identity[drawn])
+        evaluated[drawn] = False
+        true = identity[evaluated]
+        pred = [names[i] for i in np.flatnonzero(evaluated)]
+        accs.append(naming_accuracy(true, pred))
+        f1s.append(macro_f1(true, pred))
+    return (float(np.mean(accs)) if accs else None), (float(np.mean(f1s)) if f1s else None)
+
+
 def evaluate_method(vectors: np.ndarray, manifest: Manifest, clusters: np.ndarray, namer: Namer,
                     shots: Sequence[int], repeats: int, seed: int, metric: str = "cosine") -> dict[str, Any]:
     """Clustering, few-shot naming and verification of one method, with the contract's keys.
@@ -48,27 +80,13 @@ def evaluate_method(vectors: np.ndarray, manifest: Manifest, clusters: np.ndarra
     of those identities, averaged over ``repeats`` seeded draws shared by every method.
     Verification scores face pairs by ``metric`` (cosine or euclidean) of ``vectors``.
     """
-    from .metrics import clustering_metrics, few_shot_draw, macro_f1, naming_accuracy, verification_metrics
+    from .metrics import clustering_metrics, verification_metrics
 
-    identity = np.array([f.identity if f.identity is not None else "" for f in manifest.faces], dtype=object)
+    identity = identities(manifest)
     known = identity != ""
     out: dict[str, Any] = {"naming": {}, "naming_macro_f1": {}}
     for k in shots:
-        accs, f1s = [], []
-        for r in range(repeats):
-            rng = np.random.default_rng([seed, k, r])
-            drawn = np.flatnonzero(known)[few_shot_draw(identity[known], k, rng)]
-            if not len(drawn):
-                break
-            names = namer({int(i): identity[i] for i in drawn}, seed + r)
-            evaluated = known & np.isin(identity, identity[drawn])
-            evaluated[drawn] = False
-            true = identity[evaluated]
-            pred = [names[i] for i in np.flatnonzero(evaluated)]
-            accs.append(naming_accuracy(true, pred))
-            f1s.append(macro_f1(true, pred))
-        out["naming"][str(k)] = float(np.mean(accs)) if accs else None
-        out["naming_macro_f1"][str(k)] = float(np.mean(f1s)) if f1s else None
+        out["naming"][str(k)], out["naming_macro_f1"][str(k)] = naming_scores(identity, namer, k, repeats, seed)
     cm = clustering_metrics(identity[known], clusters[known])
     out["clustering"] = {key: cm[key] for key in ("wcp", "nmi", "bcubed_f1", "clusters")}
     out["verification"] = verification_metrics(vectors[known], identity[known], seed=seed, metric=metric)
@@ -87,6 +105,20 @@ def _proxy_run(manifest: Manifest, pairs: Any, run: Path, cfg: Any, progress: bo
         plain = z["features"][0].astype(np.float32)
     pretrained = plain / np.maximum(np.linalg.norm(plain, axis=1, keepdims=True), 1e-12)
     return trained, pretrained, head_vectors(Embedder.load(run), plain)
+
+
+def tracked_pairs(manifest: Manifest, out: Path, progress: bool = True) -> tuple[Manifest, Any]:
+    """The manifest tracked (when it has video frames and no track; written to
+    ``out/tracked.jsonl``) and its pairs by the default rules (written to ``out/pairs.npz``)."""
+    from .rules import RuleSet
+    from .track import track_manifest
+
+    if all(f.track is None for f in manifest.faces) and any(f.frame is not None for f in manifest.faces):
+        manifest = track_manifest(manifest, progress=progress)
+        manifest.write(out / "tracked.jsonl")
+    pairs = RuleSet(DEFAULT_RULES).apply(manifest)
+    pairs.save(out / "pairs.npz")
+    return manifest, pairs
 
 
 def peer_status(backbone: str) -> dict[str, str | None]:
@@ -124,8 +156,6 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     """
     from .cluster import cluster_faces, constraint_arrays
     from .evaluate import audit_pairs
-    from .rules import RuleSet
-    from .track import track_manifest
     from .train import TrainConfig
 
     start = time.perf_counter()
@@ -150,11 +180,7 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     if not any(f.identity is not None for f in manifest.faces):
         raise ProxytasksError(f"{manifest_path}: no face carries 'identity'; the benchmark needs ground truth")
     summary = manifest.summary()
-    if all(f.track is None for f in manifest.faces) and any(f.frame is not None for f in manifest.faces):
-        manifest = track_manifest(manifest, progress=progress)
-        manifest.write(out / "tracked.jsonl")
-    pairs = RuleSet(DEFAULT_RULES).apply(manifest)
-    pairs.save(out / "pairs.npz")
+    manifest, pairs = tracked_pairs(manifest, out, progress)
     audit = audit_pairs(manifest, pairs)
     rules = {name: {k: r[k] for k in ("pairs", "label", "precision", "faces_covered")}
              for name, r in audit["rules"].items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import click
@@ -339,6 +340,8 @@ def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...], first: str
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds for the whole command; stops cleanly and saves.")
 @click.option("--lr", default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="cosine: decays to zero at the last step (needs --steps or --epochs).")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
 @click.option("--workers", default=1, show_default=True, help="DataLoader workers for decoding faces.")
@@ -346,8 +349,8 @@ def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...], first: str
 @click.pass_context
 def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbone: str, weights: str | None,
               head: str, dim: int, input_size: int, loss: str, init: str, steps: int | None,
-              epochs: float | None, time_budget: float | None, lr: float, seed: int, device: str,
-              workers: int, resume: bool) -> None:
+              epochs: float | None, time_budget: float | None, lr: float, lr_schedule: str, seed: int,
+              device: str, workers: int, resume: bool) -> None:
     """Train a face embedding on the rule PAIRS of MANIFEST (Siamese, within a time budget)."""
     from .manifest import Manifest
     from .pairs import PairSet
@@ -357,7 +360,7 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
     ps = PairSet.load(pairs, face_ids=[f.id for f in m.faces])
     cfg = TrainConfig(backbone=backbone, weights=weights, head=head, dim=dim, input_size=input_size,
                       loss=loss, init=init, steps=steps, epochs=epochs, time_budget=time_budget, lr=lr,
-                      seed=seed, device=device, workers=workers)
+                      lr_schedule=lr_schedule, seed=seed, device=device, workers=workers)
     summary = train(m, ps, out, cfg, resume=resume, progress=_progress(ctx))
     click.echo(f"wrote {out}: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['stopped']}), "
                f"selected {summary['selected']}")
@@ -388,14 +391,20 @@ def embed(ctx: click.Context, run: Path, manifest: Path, out: Path, batch_size: 
     click.echo(f"wrote {out}: {emb.vectors.shape[0]} faces x {emb.vectors.shape[1]} dims")
 
 
-def _int_list(value: str, what: str) -> list[int]:
+def _numbers(value: str, what: str, kind: type = int) -> list:
+    """Comma-separated positive numbers of ``kind`` (int or float) from an option value."""
     try:
-        items = [int(x) for x in value.split(",") if x.strip()]
+        items = [kind(x) for x in value.split(",") if x.strip()]
     except ValueError:
-        raise ProxytasksError(f"{what} {value!r}: expected comma-separated integers such as 1,5,20") from None
-    if not items or min(items) < 1:
-        raise ProxytasksError(f"{what} {value!r}: expected positive integers")
+        raise ProxytasksError(f"{what} {value!r}: expected comma-separated "
+                              f"{'integers such as 1,5,20' if kind is int else 'numbers such as 60,180'}") from None
+    if not items or not all(math.isfinite(x) and x > 0 for x in items):
+        raise ProxytasksError(f"{what} {value!r}: expected positive {'integers' if kind is int else 'numbers'}")
     return items
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.split(",") if x.strip())
 
 
 def _fmt(value: float | None) -> str:
@@ -431,7 +440,7 @@ def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weig
     from .benchmark import run_benchmark
 
     strategies = [s.strip() for s in active.split(",") if s.strip()] if active else []
-    metrics = run_benchmark(manifest, out, backbone, weights, time_budget, _int_list(shots, "--shots"),
+    metrics = run_benchmark(manifest, out, backbone, weights, time_budget, _numbers(shots, "--shots"),
                             repeats, seed, progress=_progress(ctx), active=strategies,
                             active_budget=active_budget, active_batch=active_batch,
                             peers=None if peers == "auto" else [p.strip() for p in peers.split(",")
@@ -450,6 +459,66 @@ def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weig
         if best and reach.get("random"):
             click.echo(f"  best strategy {best[1]}: {best[0]} names vs random {reach['random']} "
                        f"(ratio {reach['random'] / best[0]:.2f}: times fewer names)")
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
+              help="Output folder (budget.json, budget.md, plots).")
+@click.option("--budgets", default="60,180,600", show_default=True, help="Time budgets in seconds.")
+@click.option("--pairs", type=click.Path(path_type=Path), default=None,
+              help="Rule pairs of MANIFEST (default: track when needed, then the default rules).")
+@click.option("--backbones", default=None,
+              help="timm backbones (default: mobilenetv2_100, tf_efficientnet_lite0 and dlib_resnet29, "
+                   "those with weights here).")
+@click.option("--fractions", default="0.25,0.5,1", show_default=True, help="Shares of the training pairs.")
+@click.option("--steps", default="50,200,800,3200", show_default=True, help="Optimisation steps.")
+@click.option("--schedules", default="constant,cosine", show_default=True, help="Learning-rate schedules.")
+@click.option("--strategies", default="independent,sequential,global", show_default=True,
+              help="How the naming head is trained with the embedding (see `name --strategy`).")
+@click.option("--joint-steps", type=click.IntRange(1), default=100, show_default=True,
+              help="Joint fine-tuning steps of a global configuration.")
+@click.option("--max-configs", type=click.IntRange(1), default=8, show_default=True,
+              help="Configurations sampled per budget (besides the independent ones).")
+@click.option("--shots", type=click.IntRange(1), default=1, show_default=True,
+              help="Names per person given when the error is naming error.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True, help="Seeded draws of those names.")
+@click.option("--test-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3,
+              show_default=True, help="Share of the time chunks of each video held out for the error.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
+@click.option("--workers", default=1, show_default=True, help="DataLoader workers for decoding faces.")
+@click.pass_context
+def budget(ctx: click.Context, manifest: Path, out: Path, budgets: str, pairs: Path | None, backbones: str | None,
+           fractions: str, steps: str, schedules: str, strategies: str, joint_steps: int, max_configs: int,
+           shots: int, repeats: int, test_share: float, seed: int, device: str, workers: int) -> None:
+    """Compute-budget sweep on MANIFEST: backbone x pairs x optimisation effort x strategy per budget."""
+    from .benchmark import tracked_pairs
+    from .budget import SweepSettings, budget_sweep, describe
+    from .manifest import Manifest
+    from .pairs import PairSet
+
+    settings = SweepSettings(budgets=tuple(_numbers(budgets, "--budgets", float)),
+                             backbones=_names(backbones) if backbones else None,
+                             fractions=tuple(_numbers(fractions, "--fractions", float)),
+                             steps=tuple(_numbers(steps, "--steps")), schedules=_names(schedules),
+                             strategies=_names(strategies), joint_steps=joint_steps, max_configs=max_configs,
+                             shots=shots, repeats=repeats, test_share=test_share, seed=seed, device=device,
+                             workers=workers)
+    m = Manifest.read(manifest)
+    if pairs is not None:
+        ps = PairSet.load(pairs, face_ids=[f.id for f in m.faces])
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        m, ps = tracked_pairs(m, out, _progress(ctx))
+    result = budget_sweep(m, ps, out, settings, progress=_progress(ctx))
+    click.echo(f"wrote {out / 'budget.json'} ({result['seconds']:.0f} s for budgets of "
+               f"{sum(settings.budgets):.0f} s in all); error: {result['error']}")
+    for key, row in result["budgets"].items():
+        best = row["best"]
+        click.echo(f"  {key:>6} s: {describe(best)}" + (f" (error {best['error']:.4f}, {best['actual_s']:.0f} s)"
+                                                        if best else ""))
+    click.echo(result["conclusion"])
 
 
 # --------------------------------------------------------------------------- index, clusters, names
@@ -531,13 +600,26 @@ def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold
 @click.argument("emb", type=click.Path(path_type=Path))
 @click.argument("labels", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="CSV id,name,confidence,source.")
-@click.option("--manifest", type=click.Path(path_type=Path), default=None, help="Carry names along its tracks.")
+@click.option("--manifest", type=click.Path(path_type=Path), default=None,
+              help="Carry names along its tracks; its images for --strategy global (and independent "
+                   "when RUN/features.npz does not hold the faces of EMB).")
 @click.option("--clusters", type=click.Path(path_type=Path), default=None, help="Carry names along these clusters.")
 @click.option("--head", type=click.Choice(["linear", "prototype"]), default="linear", show_default=True)
 @click.option("--unknown-threshold", type=float, default=None, help="Below this confidence a face is unknown.")
 @click.option("--seed", default=0, show_default=True)
-def name(run: Path, emb: Path, labels: tuple[Path, ...], out: Path, manifest: Path | None, clusters: Path | None,
-         head: str, unknown_threshold: float | None, seed: int) -> None:
+@click.option("--strategy", default="sequential", show_default=True,
+              help="independent (naming on the frozen pretrained trunk features), sequential (on the proxy "
+                   "embedding EMB) or global (trunk's last stage, head and naming fine-tuned jointly).")
+@click.option("--pairs", "pairs_path", type=click.Path(path_type=Path), default=None,
+              help="Rule pairs of the manifest, for --strategy global.")
+@click.option("--steps", type=click.IntRange(0), default=None,
+              help="Joint fine-tuning steps for --strategy global [default: 200, or until --time-budget].")
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds for joint fine-tuning (--strategy global); stops cleanly.")
+@click.pass_context
+def name(ctx: click.Context, run: Path, emb: Path, labels: tuple[Path, ...], out: Path, manifest: Path | None,
+         clusters: Path | None, head: str, unknown_threshold: float | None, seed: int, strategy: str,
+         pairs_path: Path | None, steps: int | None, time_budget: float | None) -> None:
     """Name every face from a few names over the embedding of RUN.
 
     LABELS: one file per naming round, in order (CSV or JSONL: id,name / cluster,name /
@@ -546,7 +628,10 @@ def name(run: Path, emb: Path, labels: tuple[Path, ...], out: Path, manifest: Pa
     """
     from .cluster import read_clusters
     from .embed import Embeddings
-    from .naming import name_from_annotations, read_annotations, write_names
+    from .manifest import Manifest
+    from .naming import read_annotations, write_names
+    from .pairs import PairSet
+    from .systems import GlobalConfig, name_with_strategy
 
     e = Embeddings.load(emb)
     config = run / "config.json"
@@ -555,11 +640,20 @@ def name(run: Path, emb: Path, labels: tuple[Path, ...], out: Path, manifest: Pa
     tracks = _tracks_of(manifest, emb, e.ids) if manifest is not None else None
     groups = read_clusters(clusters, e.ids) if clusters is not None else None
     ann = read_annotations(labels, e.ids, groups)
-    result = name_from_annotations(e.vectors, ann, tracks=tracks, clusters=groups,
-                                   unknown_threshold=unknown_threshold, head=head, seed=seed)
+    images = Manifest.read(manifest) if manifest is not None and strategy in ("independent", "global") else None
+    ps = PairSet.load(pairs_path, face_ids=e.ids) if pairs_path is not None and strategy == "global" else None
+    cfg = GlobalConfig(steps=200 if steps is None and time_budget is None else steps, time_budget=time_budget,
+                       seed=seed)
+    result, info = name_with_strategy(strategy, run, e, ann, images, ps, cfg, _progress(ctx), tracks=tracks,
+                                      clusters=groups, unknown_threshold=unknown_threshold, head=head, seed=seed)
     write_names(out, e.ids, result)
     named = sum(n is not None for n in result.names)
-    click.echo(f"wrote {out}: {named} of {len(e.ids)} faces named, {len(set(result.names) - {None})} names")
+    click.echo(f"wrote {out}: {named} of {len(e.ids)} faces named, {len(set(result.names) - {None})} names "
+               f"(strategy {strategy})")
+    if "fine_tune" in info:
+        t = info["fine_tune"]
+        click.echo(f"  joint fine-tuning: {t['steps']} steps in {t['seconds']:.1f} s ({t['stopped']}), "
+                   f"loss on the first batch {t['loss_before']:.4f} -> {t['loss_after']:.4f}")
 
 
 def _tracks_of(manifest: Path, emb: Path, ids: list[str]):
@@ -666,6 +760,8 @@ def export(ctx: click.Context, manifest: Path, names: Path, out: Path, min_confi
               help="metrics.json (default: RUN/benchmark/metrics.json, else RUN/metrics.json).")
 @click.option("--train-run", type=click.Path(path_type=Path), default=None,
               help="Training run folder with train_log.jsonl (default: RUN/run).")
+@click.option("--budget", type=click.Path(path_type=Path), default=None,
+              help="budget.json of a compute-budget sweep (default: RUN/budget/budget.json, else RUN/budget.json).")
 @click.option("--max-clusters", type=click.IntRange(0), default=40, show_default=True,
               help="Largest clusters shown.")
 @click.option("--per-cluster", type=click.IntRange(0), default=12, show_default=True,
@@ -673,13 +769,13 @@ def export(ctx: click.Context, manifest: Path, names: Path, out: Path, min_confi
 @click.pass_context
 def report_cmd(ctx: click.Context, run_dir: Path, out: Path | None, manifest: Path | None, pairs: Path | None,
                clusters: Path | None, names: Path | None, suggestions: Path | None, metrics: Path | None,
-               train_run: Path | None, max_clusters: int, per_cluster: int) -> None:
+               train_run: Path | None, budget: Path | None, max_clusters: int, per_cluster: int) -> None:
     """A self-contained HTML page of the run folder RUN: audit, training, metrics, galleries."""
     from .report import write_report
 
     out = out if out is not None else run_dir / "report.html"
     summary = write_report(run_dir, out, manifest=manifest, pairs=pairs, clusters=clusters, names=names,
-                           suggestions=suggestions, metrics=metrics, train_run=train_run,
+                           suggestions=suggestions, metrics=metrics, train_run=train_run, budget=budget,
                            max_clusters=max_clusters, per_cluster=per_cluster, progress=_progress(ctx))
     click.echo(f"wrote {out}")
     _echo_report({k: ", ".join(v) or "-" if isinstance(v, list) else v for k, v in summary.items() if k != "out"})

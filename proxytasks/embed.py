@@ -87,12 +87,29 @@ class FaceDataset(Dataset):
         return self.transform(img)
 
 
+def unwrap_worker_error(e: ProxytasksError) -> ProxytasksError:
+    """A ProxytasksError raised in a DataLoader worker, without torch's traceback text."""
+    if "Original Traceback" not in str(e):
+        return e
+    return ProxytasksError(str(e).rsplit("ProxytasksError: ", 1)[-1].strip())
+
+
 def trunk_features(embedder: Embedder, manifest: Manifest, views: Sequence[str] = ("plain",),
                    batch_size: int = 64, workers: int = 1, seed: int = 0, progress: bool = True,
-                   device: str = "cpu") -> np.ndarray:
-    """Pooled trunk features, shape (len(views), faces, in_dim), float32 (bf16 autocast on CUDA)."""
-    out = np.zeros((len(views), len(manifest), embedder.in_dim), dtype=np.float32)
-    trunk = embedder.trunk.to(device).eval()
+                   device: str = "cpu", module: torch.nn.Module | None = None, dtype: Any = np.float32,
+                   desc: str = "features") -> np.ndarray:
+    """Pooled trunk features, shape (len(views), faces, in_dim) (bf16 autocast on CUDA).
+
+    ``module``: another network to run on the embedder's inputs instead of its trunk (a
+    part of it, as :func:`proxytasks.systems.prefix_features` does); its outputs of any
+    shape are stacked the same way, as ``dtype``.
+    """
+    out = None if len(manifest) else np.zeros((len(views), 0, embedder.in_dim), dtype=dtype)
+    if out is not None and module is not None:
+        raise ProxytasksError("the manifest holds no face: nothing to compute")
+    home = next(embedder.parameters()).device
+    embedder.to(device).eval()
+    trunk = module if module is not None else embedder.trunk
     transform = embedder.transform()
     aligner = embedder.aligner()
     if aligner is not None:
@@ -101,27 +118,31 @@ def trunk_features(embedder: Embedder, manifest: Manifest, views: Sequence[str] 
         if plan.get("crop"):
             logger.warning("%d of %d faces are unaligned crops (no dlib 5-point predictor, no landmarks): "
                            "%s expects aligned chips", plan["crop"], len(manifest), embedder.backbone)
-    bar = tqdm(total=len(views) * len(manifest), desc="features", unit="face", disable=not progress)
+    bar = tqdm(total=len(views) * len(manifest), desc=desc, unit="face", disable=not progress)
     cuda = torch.device(device).type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    with torch.inference_mode(), amp:
-        for v, view in enumerate(views):
-            loader = DataLoader(FaceDataset(manifest, transform, view, seed, aligner), batch_size=batch_size,
-                                num_workers=workers, shuffle=False, pin_memory=cuda)
-            pos = 0
-            try:
-                for batch in loader:
-                    feats = trunk(batch.to(device, non_blocking=True)).float().cpu().numpy()
-                    out[v, pos:pos + len(feats)] = feats
-                    pos += len(feats)
-                    bar.update(len(feats))
-            except ProxytasksError as e:  # from a worker, torch wraps the message in its traceback
-                if "Original Traceback" not in str(e):
-                    raise
-                raise ProxytasksError(str(e).rsplit("ProxytasksError: ", 1)[-1].strip()) from None
-    bar.close()
+    try:
+        with torch.inference_mode(), amp:
+            for v, view in enumerate(views):
+                loader = DataLoader(FaceDataset(manifest, transform, view, seed, aligner), batch_size=batch_size,
+                                    num_workers=workers, shuffle=False, pin_memory=cuda)
+                pos = 0
+                try:
+                    for batch in loader:
+                        feats = trunk(batch.to(device, non_blocking=True)).float().cpu().numpy()
+                        if out is None:
+                            out = np.zeros((len(views), len(manifest)) + feats.shape[1:], dtype=dtype)
+                        out[v, pos:pos + len(feats)] = feats
+                        pos += len(feats)
+                        bar.update(len(feats))
+                except ProxytasksError as e:  # from a worker, torch wraps the message in its traceback
+                    raise unwrap_worker_error(e) from None
+    finally:
+        bar.close()
+        embedder.to(home)
     if not np.isfinite(out).all():
-        raise ProxytasksError("the trunk produced NaN or infinite features; check the weights")
+        raise ProxytasksError(f"the {embedder.backbone} trunk produced NaN or infinite (or, as {np.dtype(dtype).name}, "
+                              "overflowing) values; check the weights")
     return out
 
 

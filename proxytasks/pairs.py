@@ -99,6 +99,16 @@ class PairSet:
         return PairSet(self.i[keep], self.j[keep], self.rule[keep], self.rules, self.n_faces,
                        conflicts=self.conflicts, policy=self.policy, digest=self.digest)
 
+    def restrict(self, faces: np.ndarray, face_ids: Sequence[str] | None = None) -> "PairSet":
+        """The pairs between two of ``faces`` (distinct face indices), indexing positions
+        in ``faces``: the pairs of the sub-manifest of those faces (whose ids are ``face_ids``)."""
+        faces = np.asarray(faces, dtype=np.int64).reshape(-1)
+        pos = np.full(self.n_faces, -1, dtype=np.int64)
+        pos[faces] = np.arange(len(faces))
+        keep = (pos[self.i] >= 0) & (pos[self.j] >= 0)
+        return PairSet(pos[self.i[keep]], pos[self.j[keep]], self.rule[keep], self.rules, len(faces),
+                       face_ids=face_ids, conflicts=self.conflicts, policy=self.policy)
+
     def with_human(self, same: np.ndarray, different: np.ndarray) -> "PairSet":
         """These pairs plus a person's answers, face pairs (M, 2) each, as the rules
         ``human-same`` and ``human-different`` (weight :data:`HUMAN_WEIGHT`, so in

@@ -2,7 +2,8 @@
 
 A recipe has top-level variables and a list of ``steps``; each step names a command
 (``track``, ``import folders``, ...) and its options, whose keys equal the CLI option
-and argument names. String values may refer to variables as ``{name}``::
+and argument names. String values (of steps and of other variables) may refer to
+variables as ``{name}``::
 
     out: runs/demo            # a variable
     steps:
@@ -48,6 +49,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
             variables[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ProxytasksError(f"--set {item!r}: not a YAML value: {e}") from None
+    for _ in range(len(variables)):  # variables may refer to variables ("{out}/tracked.jsonl")
+        filled = {key: _fill(v, variables, f"{path}: variable {key}") for key, v in variables.items()}
+        if filled == variables:
+            break
+        variables = filled
     steps = []
     for k, step in enumerate(data["steps"], 1):
         if not (isinstance(step, dict) and len(step) == 1):
@@ -56,19 +62,19 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
         options = options or {}
         if not isinstance(options, dict):
             raise ProxytasksError(f"{path}: step {k} ({name}): options must be a mapping")
-        steps.append({name: {key: _fill(v, variables, path, k) for key, v in options.items()}})
+        steps.append({name: {key: _fill(v, variables, f"{path}: step {k}") for key, v in options.items()}})
     return {**variables, "steps": steps}
 
 
-def _fill(value: Any, variables: dict[str, Any], path: Path, k: int) -> Any:
+def _fill(value: Any, variables: dict[str, Any], where: str) -> Any:
     if isinstance(value, list):
-        return [_fill(v, variables, path, k) for v in value]
+        return [_fill(v, variables, where) for v in value]
     if not isinstance(value, str):
         return value
     try:
         return value.format_map(variables)
     except (KeyError, IndexError, ValueError) as e:
-        raise ProxytasksError(f"{path}: step {k}: cannot fill {value!r}: unknown variable {e}") from None
+        raise ProxytasksError(f"{where}: cannot fill {value!r}: unknown variable {e}") from None
 
 
 def step_argv(command: click.Command, options: dict[str, Any], where: str) -> list[str]:

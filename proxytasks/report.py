@@ -33,11 +33,12 @@ from .fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("audit", "training", "methods", "active", "galleries", "suggestions")
+SECTIONS = ("audit", "training", "methods", "active", "budget", "galleries", "suggestions")
 # Where each input is looked for inside the run folder when not given (first found wins).
 DEFAULTS = {"manifest": ("tracked.jsonl", "manifest.jsonl"), "pairs": ("pairs.npz",),
             "clusters": ("clusters.csv",), "names": ("names.csv",), "suggestions": ("suggestions.csv",),
-            "metrics": ("benchmark/metrics.json", "metrics.json"), "train_run": ("run",)}
+            "metrics": ("benchmark/metrics.json", "metrics.json"), "train_run": ("run",),
+            "budget": ("budget/budget.json", "budget.json")}
 THUMB = 64                 # thumbnail height in pixels
 SUGGESTIONS_SHOWN = 100    # rows per suggestion kind
 TARGET = 0.9               # accuracy for "names to reach"
@@ -109,7 +110,8 @@ def _tick(v: float, step: float) -> str:
 
 def line_plot(series: Sequence[tuple[str, Sequence[tuple[Any, Any]]]], *, title: str, xlabel: str, ylabel: str,
               ylim: tuple[float, float] | None = None, ycap: float | None = None, integer_x: bool = False,
-              vline: float | None = None, hline: float | None = None, width: int = 460, height: int = 280) -> str:
+              vline: float | None = None, hline: float | None = None, points: Sequence[str] = (),
+              width: int = 460, height: int = 280) -> str:
     """An inline SVG line plot (``class="plot"``) with axes, ticks, labels and a legend.
 
     Args:
@@ -120,6 +122,7 @@ def line_plot(series: Sequence[tuple[str, Sequence[tuple[Any, Any]]]], *, title:
         integer_x: x ticks at whole numbers only.
         vline, hline: x of a dashed vertical marker (e.g. the selected step), y of a
             dashed horizontal one (e.g. a target accuracy).
+        points: labels of the series drawn as points only (a scatter), without a line.
     """
     clean = [(str(label), sorted((float(x), float(y)) for x, y in pts if _finite(x) and _finite(y)))
              for label, pts in series]
@@ -164,16 +167,19 @@ def line_plot(series: Sequence[tuple[str, Sequence[tuple[Any, Any]]]], *, title:
                    f'stroke="#888" stroke-dasharray="4 3"/>')
     for k, (label, pts) in enumerate(clean):
         colour = COLOURS[k % len(COLOURS)]
-        points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}">'
-                   f'<title>{_e(label)}</title></polyline>')
-        if len(pts) <= 40:
+        scatter = label in points
+        if not scatter:
+            line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}">'
+                       f'<title>{_e(label)}</title></polyline>')
+        if scatter or len(pts) <= 40:
             out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{colour}">'
                        f'<title>{_e(label)}: {x:g}, {y:.4g}</title></circle>' for x, y in pts)
         lx, ly = width - right + 12, top + 8 + 18 * k
         short = label if len(label) <= 28 else label[:27] + "…"
-        out.append(f'<line x1="{lx}" x2="{lx + 18}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"/>'
-                   f'<text x="{lx + 23}" y="{ly + 4}">{_e(short)}</text>')
+        key = (f'<circle cx="{lx + 9}" cy="{ly}" r="3" fill="{colour}"/>' if scatter else
+               f'<line x1="{lx}" x2="{lx + 18}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'{key}<text x="{lx + 23}" y="{ly + 4}">{_e(short)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -275,6 +281,12 @@ def _load(paths: dict[str, Path | None], run_dir: Path) -> dict[str, Any]:
         if not isinstance(d["metrics"], dict) or not isinstance(d["metrics"].get("methods", {}), dict):
             raise ProxytasksError(f"{paths['metrics']}: expected a metrics object (Contract 2)")
         _check_active(paths["metrics"], d["metrics"].get("active"))
+    if paths["budget"] is not None:
+        d["budget"] = _read_json(paths["budget"])
+        rows = d["budget"].get("budgets") if isinstance(d["budget"], dict) else None
+        if not isinstance(rows, dict) or not all(isinstance(r, dict) and isinstance(r.get("configs"), list)
+                                                 for r in rows.values()):
+            raise ProxytasksError(f"{paths['budget']}: expected a budget sweep (budget.json of `proxytasks budget`)")
     if paths["train_run"] is not None:
         if (paths["train_run"] / "train_log.jsonl").is_file():
             d["train_log"] = _read_jsonl(paths["train_run"] / "train_log.jsonl")
@@ -525,6 +537,33 @@ class _Page:
         out.append(_table(["strategy", f"names to reach {TARGET:.0%}", "last accuracy at names"], rows))
         return "".join(out)
 
+    def budget(self) -> str:
+        result = self.d.get("budget")
+        if result is None:
+            return self._missing("budget", "no compute-budget sweep")
+        from .budget import describe, plots
+
+        out = [f'<p>{_e(result.get("conclusion", ""))}</p>',
+               f'<p class="note">Error: {_e(result.get("error", "?"))}; lower is better.</p>']
+        rows = []
+        for key in sorted(result["budgets"], key=float):
+            b = result["budgets"][key]
+            best = b.get("best") or {}
+            per = b.get("by_strategy") or {}
+            rows.append([_e(key), _e(describe(b.get("best"))), _num(best.get("error")), _num(best.get("actual_s"), 1),
+                         _num(best.get("predicted_s"), 1), _e(b.get("winner") or NONE)]
+                        + [_num((per.get(st) or {}).get("error")) for st in ("independent", "sequential", "global")])
+        out.append(_table(["budget (s)", "best configuration", "error", "actual (s)", "predicted (s)", "winner",
+                           "independent", "sequential", "global"], rows, left=2))
+        out.append('<div class="plots">' + "".join(plots(result)) + "</div>")
+        every = [[_e(key), _e(describe(r)), _num(r.get("pairs")), _num(r.get("error")), _num(r.get("predicted_s"), 1),
+                  _num(r.get("actual_s"), 1), _e(r.get("reason") or r.get("status", ""))]
+                 for key in sorted(result["budgets"], key=float) for r in result["budgets"][key]["configs"]]
+        out.append(f"<details><summary>every configuration ({len(every)})</summary>"
+                   + _table(["budget (s)", "configuration", "pairs", "error", "predicted (s)", "actual (s)", "status"],
+                            every, left=2) + "</details>")
+        return "".join(out)
+
     def galleries(self) -> str:
         if "clusters" not in self.d:
             return "".join(self._missing(k, "no galleries") for k in ("manifest", "clusters") if self.paths[k] is None)
@@ -631,14 +670,16 @@ METRIC_ROWS = (("clustering purity (WCP)", "clustering", "wcp"), ("clustering NM
                ("verification ROC-AUC", "verification", "roc_auc"),
                ("verification TAR at FAR 1e-3", "verification", "tar_at_far_1e-3"))
 TITLES = {"audit": "Rule audit", "training": "Training", "methods": "Pretrained vs proxy",
-          "active": "Naming accuracy vs names typed", "galleries": "Clusters", "suggestions": "Next round"}
+          "active": "Naming accuracy vs names typed", "budget": "Compute budget", "galleries": "Clusters",
+          "suggestions": "Next round"}
 
 
 def write_report(run_dir: str | os.PathLike, out_path: str | os.PathLike, *, manifest: str | os.PathLike | None = None,
                  pairs: str | os.PathLike | None = None, clusters: str | os.PathLike | None = None,
                  names: str | os.PathLike | None = None, suggestions: str | os.PathLike | None = None,
                  metrics: str | os.PathLike | None = None, train_run: str | os.PathLike | None = None,
-                 max_clusters: int = 40, per_cluster: int = 12, progress: bool = True) -> dict[str, Any]:
+                 budget: str | os.PathLike | None = None, max_clusters: int = 40, per_cluster: int = 12,
+                 progress: bool = True) -> dict[str, Any]:
     """Write a self-contained HTML report of the run folder ``run_dir`` to ``out_path``.
 
     Inputs not given are looked for inside ``run_dir`` (see :data:`DEFAULTS`); a section
@@ -656,7 +697,8 @@ def write_report(run_dir: str | os.PathLike, out_path: str | os.PathLike, *, man
     if max_clusters < 0 or per_cluster < 0:
         raise ProxytasksError("--max-clusters and --per-cluster must be 0 or more")
     paths = _locate(run_dir, {"manifest": manifest, "pairs": pairs, "clusters": clusters, "names": names,
-                              "suggestions": suggestions, "metrics": metrics, "train_run": train_run})
+                              "suggestions": suggestions, "metrics": metrics, "train_run": train_run,
+                              "budget": budget})
     page = _Page(run_dir, paths, _load(paths, run_dir), max_clusters, per_cluster)
     needed = page.plan()
     if needed:

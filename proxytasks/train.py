@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ from .pairs import PairSet, ids_digest
 logger = logging.getLogger(__name__)
 
 FEATURE_SHARE = 0.5  # at most this share of a time budget on caching views after the first two
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TrainConfig:
     faces_per_group: int = 4
     negative_groups: int = 2
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (to zero at the last step; needs steps or epochs)
     weight_decay: float = 1e-4
     steps: int | None = None
     epochs: float | None = None
@@ -249,11 +252,14 @@ def _init_head(embedder: Embedder, feats: np.ndarray, cons_pairs: tuple, cfg: Tr
 
 
 def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: TrainConfig | None = None,
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+          resume: bool = False, progress: bool = True, features: np.ndarray | None = None) -> dict[str, Any]:
     """Train an embedder on rule pairs; writes the run folder and returns its summary.
 
     The time budget covers everything from the call on (feature caching included); the
     loop stops before a step would overrun it, then selects and saves the model.
+    ``features``: the trunk features of ``cfg.views`` for the faces of ``manifest``
+    (shape (views, faces, trunk width), computed by the caller, e.g. shared by the
+    configurations of a budget sweep); they are neither computed nor cached here.
     """
     from .losses import make_loss
     from .models import select_device
@@ -264,10 +270,21 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
     run.mkdir(parents=True, exist_ok=True)
     if pairs.n_faces != len(manifest):
         raise ProxytasksError(f"the pairs index {pairs.n_faces} faces but the manifest holds {len(manifest)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ProxytasksError(f"unknown learning-rate schedule {cfg.lr_schedule!r}: choose one of "
+                              f"{', '.join(LR_SCHEDULES)}")
+    if cfg.lr_schedule == "cosine" and cfg.steps is None and cfg.epochs is None:
+        raise ProxytasksError("the cosine learning-rate schedule needs --steps or --epochs (where it ends)")
     torch.manual_seed(cfg.seed)
     device = str(select_device(cfg.device))
     embedder = create_embedder(cfg.backbone, cfg.weights, cfg.dim, cfg.head, cfg.input_size)
-    feats = _features(embedder, manifest, cfg, run, device, progress, start)
+    if features is None:
+        feats = _features(embedder, manifest, cfg, run, device, progress, start)
+    else:
+        feats = np.asarray(features, dtype=np.float32)
+        if feats.ndim != 3 or feats.shape[1:] != (len(manifest), embedder.in_dim) or not 1 <= len(feats) <= len(cfg.views):
+            raise ProxytasksError(f"features of shape {feats.shape} given for {len(manifest)} faces of "
+                                  f"{cfg.backbone} (trunk width {embedder.in_dim}, up to {len(cfg.views)} views)")
     embedder.to("cpu")
     val = holdout_mask(manifest, cfg.holdout, cfg.seed)
     cons = Constraints.from_pairs(pairs, ~val)
@@ -316,6 +333,9 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
             stopped = "time budget"
             break
         t0 = time.perf_counter()
+        if cfg.lr_schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
         faces, views, tup = batcher.batch(step)
         emb = embedder.embed_features(feats_t[torch.from_numpy(views), torch.from_numpy(faces)])
         loss = loss_fn(emb, tup)

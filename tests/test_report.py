@@ -66,6 +66,15 @@ def run_dir(small_episode, tmp_path_factory) -> tuple[Path, int]:
         {"backbone": "test", "train": {"selected": "trained", "steps": 200, "seconds": 12.5, "best_step": 200,
                                        "scores": {"pretrained": 0.7, "trained": 0.9}}}))
     (run / "recipe.yaml").write_text("out: x\nsteps:\n- track: {manifest: m.jsonl, out: t.jsonl}\n")
+    config = {"strategy": "sequential", "backbone": "<b>bb</b>", "fraction": 1.0, "steps": 50, "lr_schedule": "constant",
+              "joint_steps": 0, "pairs": 9, "predicted_s": 8.0, "actual_s": 7.5, "error": 0.25, "status": "run"}
+    (run / "budget").mkdir()
+    (run / "budget" / "budget.json").write_text(json.dumps({
+        "error": "1 - naming accuracy", "conclusion": "The same configuration is best at every budget",
+        "budgets": {"10": {"configs": [config], "best": config, "winner": "sequential",
+                           "by_strategy": {"sequential": config}, "over_budget": 0},
+                    "20": {"configs": [], "best": config, "winner": "sequential",
+                           "by_strategy": {"sequential": config}, "over_budget": 2}}}))
     return run, len(tracks) - 1
 
 
@@ -84,7 +93,8 @@ def test_full_report_has_every_section_and_escapes_names(run_dir, tmp_path):
     assert summary["bytes"] == len(text.encode())
     assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "Ann &amp; &lt;b&gt;Bo&lt;/b&gt;" in text
-    assert text.count('class="plot"') == 3 and "recipe (1 step)" in text
+    assert text.count('class="plot"') == 6 and "recipe (1 step)" in text
+    assert "The same configuration is best" in text and "sequential &lt;b&gt;bb&lt;/b&gt;" in text
     assert "src=\"http" not in text and "href=\"http" not in text     # self-contained
     assert re.search(r"<td[^>]*>cluster-centre</td><td[^>]*>8</td>", text)   # names to reach 90%
     assert re.search(r"<td[^>]*>random</td><td[^>]*>—</td>", text)
@@ -142,6 +152,10 @@ def test_bad_inputs_are_errors_naming_the_file(run_dir, tmp_path):
     bad_csv.write_text("id,name,confidence\nno-such-face,a,0.5\n")
     with pytest.raises(ProxytasksError, match="names.csv:2: unknown face id"):
         write_report(run, tmp_path / "r.html", names=bad_csv, progress=False)
+    bad_budget = tmp_path / "budget.json"
+    bad_budget.write_text('{"budgets": {"60": {"best": null}}}')
+    with pytest.raises(ProxytasksError, match="budget.json: expected a budget sweep"):
+        write_report(run, tmp_path / "r.html", budget=bad_budget, progress=False)
     assert not (tmp_path / "r.html").exists()
 
 

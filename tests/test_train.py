@@ -124,3 +124,32 @@ def test_holdout_chunks_and_auc():
     # positives (0,1): 0.8, (2,3): 0.8; negatives (0,2): 0.0, (1,3): 0.96 -> AUC 0.5
     assert score_vectors(v, np.array([[0, 1], [2, 3]]), np.array([[0, 2], [1, 3]])) == 0.5
     assert score_vectors(v, np.zeros((0, 2), int), np.array([[0, 2]])) is None
+
+
+def test_given_features_train_as_the_cached_ones(tmp_path, small_episode):
+    _, manifest, pairs = small_episode
+    folder, cached = run(tmp_path, "a", manifest, pairs, views=("plain", "flip"))
+    with np.load(folder / "features.npz") as z:
+        feats = z["features"].astype(np.float32)
+    given = train(manifest, pairs, tmp_path / "b", TrainConfig(**FAST, views=("plain", "flip")), progress=False,
+                  features=feats)
+    assert not (tmp_path / "b" / "features.npz").exists()  # neither computed nor cached
+    assert given["scores"] == cached["scores"] and given["best_step"] == cached["best_step"]
+    a, b = load_file(folder / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ProxytasksError, match="features of shape"):
+        train(manifest, pairs, tmp_path / "c", TrainConfig(**FAST), progress=False, features=feats[:, :5])
+
+
+def test_cosine_schedule_decays_to_zero_and_needs_an_end(tmp_path, small_episode):
+    _, manifest, pairs = small_episode
+    lrs = {}
+    for schedule in ("constant", "cosine"):
+        folder, _ = run(tmp_path, schedule, manifest, pairs, lr_schedule=schedule)
+        lrs[schedule] = torch.load(folder / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+    assert lrs["constant"] == pytest.approx(1e-3)
+    assert lrs["cosine"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 29 / 30)))  # the last step's
+    with pytest.raises(ProxytasksError, match="needs --steps or --epochs"):
+        train(manifest, pairs, tmp_path / "d", TrainConfig(lr_schedule="cosine", time_budget=5), progress=False)
+    with pytest.raises(ProxytasksError, match="unknown learning-rate schedule"):
+        train(manifest, pairs, tmp_path / "e", TrainConfig(**{**FAST, "lr_schedule": "step"}), progress=False)

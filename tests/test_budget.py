@@ -1,0 +1,189 @@
+"""The compute-budget sweep: scenes and fractions, cost prediction, sampling, the best
+configuration per budget and the conclusion, the CLI, and the acceptance run."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from proxytasks.budget import (Candidate, SweepSettings, _finish_rows, _sample, budget_sweep, candidates,
+                               conclusion, first_scenes, scenes_order)
+from proxytasks.cli import cli
+from proxytasks.pairs import PairSet, RuleInfo
+
+RULES = [RuleInfo("same-track", "same", 1.0), RuleInfo("same-frame", "different", 1.0)]
+
+
+def _pairs(rows: list[tuple[int, int, int]], n: int) -> PairSet:
+    i, j, r = (np.array(c) for c in zip(*rows))
+    return PairSet(i, j, r, RULES, n)
+
+
+def test_scenes_are_kept_whole_and_fractions_nest():
+    # scenes {0,1,2}, {3,4}, {5}, {6,7,8,9}; face 9 is held out
+    ps = _pairs([(0, 1, 0), (1, 2, 1), (3, 4, 1), (6, 7, 0), (7, 8, 0), (8, 9, 0)], 10)
+    train = np.ones(10, bool)
+    train[9] = False
+    order, starts = scenes_order(ps, train, seed=3)
+    assert sorted(order.tolist()) == list(range(9))
+    scenes = [set(order[a:b].tolist()) for a, b in zip(starts, np.r_[starts[1:], len(order)])]
+    assert sorted(map(sorted, scenes)) == [[0, 1, 2], [3, 4], [5], [6, 7, 8]]
+    previous: set[int] = set()
+    for f in (0.1, 0.25, 0.5, 0.75, 1.0):
+        faces = set(first_scenes(order, starts, f).tolist())
+        assert len(faces) >= f * 9 - 1e-9
+        assert previous <= faces  # nested
+        assert all(s <= faces or not (s & faces) for s in scenes)  # whole scenes only
+        previous = faces
+    assert previous == set(range(9))
+    assert scenes_order(ps, train, seed=3)[0].tolist() == order.tolist()
+
+
+def test_grid_and_sampling():
+    s = SweepSettings(fractions=(0.5, 1.0), steps=(10, 100), schedules=("constant", "cosine"))
+    grid = candidates(s, ["a", "b"])
+    assert sum(c.strategy == "independent" for c in grid) == 2
+    assert sum(c.strategy == "sequential" for c in grid) == 2 * 2 * 2 * 2
+    assert sum(c.strategy == "global" for c in grid) == 2 * 2 * 2  # first schedule only
+    assert all(c.joint_steps == s.joint_steps for c in grid if c.strategy == "global")
+    assert grid[5].base == Candidate("sequential", grid[5].backbone, grid[5].fraction, grid[5].steps,
+                                     grid[5].lr_schedule)
+    pool = [(c, 1.0 + k) for k, c in enumerate(grid)]
+    picked = _sample(pool, 3, 60.0, seed=0)
+    assert [c for c in picked if c.strategy == "independent"] == grid[:2]  # always kept
+    assert len(picked) == 5 and picked == _sample(pool, 3, 60.0, seed=0)
+    assert _sample(pool, 100, 60.0, 0) == [c for c, _ in pool]
+
+
+def _result(runs: dict[str, list[dict]]) -> dict:
+    rows = {b: {"configs": [dict(r, status="run", predicted_s=r["actual_s"]) for r in rs], "over_budget": 0}
+            for b, rs in runs.items()}
+    return {"budgets": rows, "error": "test error"}
+
+
+def _cfg(strategy, backbone, actual, error, steps=100):
+    return {"strategy": strategy, "backbone": backbone, "fraction": 1.0, "steps": steps, "lr_schedule": "constant",
+            "joint_steps": 0, "pairs": 10, "actual_s": actual, "error": error}
+
+
+class _Fixed:
+    """Stands for a sweep in :func:`_finish_rows`: actual seconds as recorded."""
+
+    def __init__(self, result):
+        self.by = {(r["strategy"], r["backbone"], r["steps"]): r["actual_s"]
+                   for b in result["budgets"].values() for r in b["configs"]}
+
+    def actual(self, c):
+        return self.by[(c.strategy, c.backbone, c.steps)], 0.0
+
+
+def test_best_per_budget_uses_every_configuration_that_fits():
+    result = _result({"10": [_cfg("independent", "a", 4.0, 0.4, steps=0)],
+                      "100": [_cfg("sequential", "a", 50.0, 0.1), _cfg("sequential", "b", 90.0, 0.3)]})
+    _finish_rows(_Fixed(result), result["budgets"])
+    rows = result["budgets"]
+    assert rows["10"]["best"]["strategy"] == "independent"
+    assert rows["100"]["best"]["backbone"] == "a" and rows["100"]["winner"] == "sequential"
+    assert rows["100"]["by_strategy"]["independent"]["error"] == 0.4  # from the smaller budget
+    text = conclusion(result)
+    assert text.startswith("The best configuration changes with the budget (strategy, steps")
+    assert "at 10 s it is independent a" in text and "at 100 s it is sequential a" in text
+
+
+def test_conclusion_explains_when_the_best_does_not_change():
+    result = _result({"10": [_cfg("sequential", "a", 5.0, 0.1)], "100": [_cfg("sequential", "b", 80.0, 0.2)]})
+    _finish_rows(_Fixed(result), result["budgets"])
+    text = conclusion(result)
+    assert text.startswith("The same configuration is best at every budget")
+    assert "fits the smallest budget (10 s)" in text and "none of the 1 configurations that cost more" in text
+    lone = _result({"10": [_cfg("sequential", "a", 5.0, 0.1)], "100": []})
+    _finish_rows(_Fixed(lone), lone["budgets"])
+    assert "no configuration costing more than 10 s could be run" in conclusion(lone)
+    nothing = _result({"10": [], "100": []})
+    _finish_rows(_Fixed(nothing), nothing["budgets"])
+    assert conclusion(nothing).startswith("No configuration could be run")
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--budgets", "0,60"], "--budgets"),
+    (["--budgets", "sixty"], "--budgets"),
+    (["--fractions", "1.5"], "--fractions"),
+    (["--strategies", "joint"], "--strategies"),
+    (["--schedules", "step"], "--schedules"),
+])
+def test_cli_refuses_bad_options(small_episode, tmp_path, args, culprit):
+    folder, _, _ = small_episode
+    res = CliRunner().invoke(cli, ["-q", "budget", str(folder / "tracked.jsonl"), "--pairs", str(folder / "pairs.npz"),
+                                   "-o", str(tmp_path / "b"), *args])
+    assert res.exit_code == 2, res.output
+    assert culprit in res.output and "Traceback" not in res.output
+
+
+def test_cli_refuses_pairs_of_another_manifest(small_episode, episode, tmp_path):
+    folder, _, _ = small_episode
+    res = CliRunner().invoke(cli, ["-q", "budget", str(episode / "manifest.jsonl"), "--pairs",
+                                   str(folder / "pairs.npz"), "-o", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "pairs" in res.output
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, orl_identities):
+    """The acceptance run: a synthetic episode of real faces, three budgets, every strategy."""
+    from data_tools.synthetic import make_episode
+    from proxytasks.benchmark import tracked_pairs
+    from proxytasks.manifest import Manifest
+
+    out = tmp_path_factory.mktemp("budget")
+    make_episode(out / "ep", orl_identities, n_identities=8, n_shots=8, seed=1, progress=False)
+    manifest, pairs = tracked_pairs(Manifest.read(out / "ep" / "manifest.jsonl"), out, progress=False)
+    budgets = (20.0, 40.0, 80.0)
+    t0 = time.perf_counter()
+    result = budget_sweep(manifest, pairs, out / "budget", SweepSettings(budgets=budgets, max_configs=6),
+                          progress=False)
+    return out, result, time.perf_counter() - t0, sum(budgets)
+
+
+def test_sweep_fits_the_sum_of_its_budgets(sweep):
+    out, result, wall, total = sweep
+    assert wall <= 1.2 * total, (wall, total)
+    assert json.loads((out / "budget" / "budget.json").read_text()) == result
+    run = [r for b in result["budgets"].values() for r in b["configs"] if r["status"] == "run"]
+    assert len(run) >= 4 and {r["backbone"] for r in run} >= {"mobilenetv2_100", "tf_efficientnet_lite0"}
+    assert {r["strategy"] for r in run} >= {"independent", "sequential"}
+    for key, b in result["budgets"].items():
+        assert b["best"] is None or b["best"]["actual_s"] <= float(key)
+        for r in b["configs"]:
+            assert set(r) >= {"backbone", "pairs", "steps", "predicted_s", "actual_s", "error"}
+            assert r["predicted_s"] <= float(key)  # nothing predicted over its budget is run or listed
+    assert "naming accuracy" in result["error"]
+
+
+def test_predicted_time_within_a_quarter_of_actual(sweep):
+    _, result, _, _ = sweep
+    for b in result["budgets"].values():
+        for r in b["configs"]:
+            if r["status"] == "run":
+                assert abs(r["predicted_s"] - r["actual_s"]) <= 0.25 * r["actual_s"], r
+
+
+def test_best_changes_or_is_explained_in_the_report(sweep):
+    out, result, _, _ = sweep
+    rows = result["budgets"]
+    lo, hi = rows["20"]["best"], rows["80"]["best"]
+    assert hi is not None and (lo is None or hi["error"] <= lo["error"])
+    text = result["conclusion"]
+    if lo is not None and (lo["strategy"], lo["backbone"], lo["pairs"], lo["steps"]) != \
+            (hi["strategy"], hi["backbone"], hi["pairs"], hi["steps"]):
+        assert text.startswith("The best configuration changes with the budget")
+    else:
+        assert "The same configuration is best" in text or "Nothing fits" in text
+    res = CliRunner().invoke(cli, ["-q", "report", str(out), "-o", str(out / "report.html")])
+    assert res.exit_code == 0, res.output
+    page = (out / "report.html").read_text()
+    section = page.split('<section id="budget">')[1].split("</section>")[0]
+    assert text.replace("'", "&#x27;") in section
+    assert section.count("<svg") == 3 and "error vs compute" in section
+    assert (out / "budget" / "budget.md").read_text().count("\n|") > 3
