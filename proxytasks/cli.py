@@ -47,10 +47,15 @@ def _echo_report(report: dict) -> None:
 @click.group(cls=ProxytasksGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars, warnings only.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+@click.option("--root", type=click.Path(path_type=Path), default=None, envvar="PROXYTASKS_ROOT",
+              help="Refuse manifest paths (crop, image) that resolve outside this folder [env PROXYTASKS_ROOT].")
 @click.version_option(package_name="proxytasks")
 @click.pass_context
-def cli(ctx: click.Context, quiet: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, quiet: bool, verbose: bool, root: Path | None) -> None:
     """proxytasks: free same/different labels from video structure, to name faces."""
+    from .manifest import confine_to
+
+    confine_to(root)
     ctx.ensure_object(dict)
     ctx.obj.setdefault("quiet", quiet)
     level = logging.DEBUG if verbose else logging.WARNING if ctx.obj["quiet"] else logging.INFO

@@ -7,6 +7,8 @@ before any work and reports every defect with the file, line and field, e.g.::
 
 Relative paths inside a manifest are relative to the manifest file's folder; a
 :class:`Manifest` keeps that folder as ``root`` and rebases paths when written elsewhere.
+After :func:`confine_to` (the CLI's ``--root``), a path that resolves outside the given
+folder (``..``, an absolute path, a symbolic link leading out) is refused.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .errors import ManifestError
+from .errors import ManifestError, ProxytasksError
 from .fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,21 @@ FIELDS = ("id", "media", "frame", "time", "image", "bbox", "crop", "score", "lan
 PATH_FIELDS = ("image", "crop")
 # Small slack for boxes computed in floating point (pixels).
 BOX_SLACK = 1.0
+_confined: Path | None = None  # see confine_to
+
+
+def confine_to(root: str | os.PathLike | None) -> None:
+    """From now on, refuse manifest paths that resolve outside ``root`` (its real path:
+    symbolic links followed); None lifts the confinement."""
+    global _confined
+    if root is not None and not Path(root).is_dir():
+        raise ProxytasksError(f"--root {root}: not a folder")
+    _confined = None if root is None else Path(os.path.realpath(root))
+
+
+def _escapes(path: Path) -> bool:
+    """Whether ``path`` resolves outside the folder of :func:`confine_to`."""
+    return _confined is not None and not Path(os.path.realpath(path)).is_relative_to(_confined)
 
 
 @dataclass(slots=True)
@@ -266,13 +283,22 @@ class Manifest:
                                 f"(first on line {first_line[face.id]})")
             else:
                 first_line[face.id] = lineno
+        outside: set[str] = set()
+        if _confined is not None:
+            for face, lineno in zip(self.faces, lines):
+                for name in PATH_FIELDS:
+                    rel = getattr(face, name)
+                    if rel is not None and (rel in outside or _escapes(self.root / rel)):
+                        outside.add(rel)
+                        problems.append(f"{path}:{lineno}: field '{name}': {rel!r} resolves outside the root "
+                                        f"{str(_confined)!r} (--root)")
         if not check_files:
             return problems
         sizes: dict[str, tuple[int, int] | str] = {}
         for face, lineno in zip(self.faces, lines):
             for name in PATH_FIELDS:
                 rel = getattr(face, name)
-                if rel is None:
+                if rel is None or rel in outside:
                     continue
                 if rel not in sizes:
                     try:
@@ -313,8 +339,11 @@ class Manifest:
 
     # ----------------------------------------------------------------- access
     def resolve(self, rel: str) -> Path:
-        """The file a manifest path points to."""
-        return Path(rel) if os.path.isabs(rel) else self.root / rel
+        """The file a manifest path points to (refused outside the root of :func:`confine_to`)."""
+        path = Path(rel) if os.path.isabs(rel) else self.root / rel
+        if _escapes(path):
+            raise ProxytasksError(f"{rel!r} resolves outside the root {str(_confined)!r} (--root)")
+        return path
 
     def replace(self, **changes: list) -> "Manifest":
         """A copy with whole columns replaced, e.g. ``replace(track=[...], shot=[...])``."""

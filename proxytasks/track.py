@@ -311,10 +311,10 @@ def _backbone_features(manifest: Manifest, faces: list, cfg: TrackerConfig,
 
 def _adaptive_gate(frame: np.ndarray, shot: np.ndarray, features: np.ndarray, cfg: TrackerConfig) -> float:
     """Raise the similarity gate above what faces of different people (same frame) reach."""
-    key = shot * (int(frame.max()) + 1) + frame
-    order = np.argsort(key, kind="stable")
+    order = np.lexsort((frame, shot))  # by (shot, frame); a composite key could overflow int64
+    s, f = shot[order], frame[order]
     sims = []
-    for grp in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
+    for grp in np.split(order, np.flatnonzero((s[1:] != s[:-1]) | (f[1:] != f[:-1])) + 1):
         if len(grp) >= 2:
             s = features[grp] @ features[grp].T
             sims.append(s[np.triu_indices(len(grp), 1)])

@@ -306,3 +306,54 @@ def test_set_override_with_python_tag_or_bad_yaml_exits_2(tmp_path, value):
     assert res.exit_code == 2, res.output
     assert "--set" in res.output and "Traceback" not in res.output
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- --root
+@pytest.fixture
+def confined(tmp_path):
+    """A root folder with one face inside, one beside it, and a link leading out."""
+    from proxytasks.manifest import confine_to
+
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    for folder in (root, elsewhere):
+        Image.new("RGB", (32, 32), (90, 60, 30)).save(folder / "face.png")
+    (root / "link.png").symlink_to(elsewhere / "face.png")
+    yield root, elsewhere
+    confine_to(None)
+
+
+def _one_face(root: Path, crop: str) -> Path:
+    path = root / "m.jsonl"
+    path.write_text(json.dumps({"id": "a", "media": "p", "crop": crop}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("crop", ["../elsewhere/face.png", "ABS", "link.png", "./../elsewhere/face.png"])
+def test_root_refuses_paths_that_escape(confined, crop):
+    root, elsewhere = confined
+    crop = str(elsewhere / "face.png") if crop == "ABS" else crop
+    manifest = _one_face(root, crop)
+    assert CliRunner().invoke(cli, ["validate", str(manifest)]).exit_code == 0  # no --root: allowed
+    res = CliRunner().invoke(cli, ["--root", str(root), "validate", str(manifest)])
+    assert res.exit_code == 2 and "m.jsonl:1: field 'crop'" in res.output and "outside the root" in res.output
+    res = CliRunner().invoke(cli, ["validate", str(manifest)], env={"PROXYTASKS_ROOT": str(root)})
+    assert res.exit_code == 2 and "outside the root" in res.output
+
+
+def test_root_accepts_paths_inside_and_guards_every_read(confined):
+    from proxytasks.manifest import confine_to
+
+    root, elsewhere = confined
+    res = CliRunner().invoke(cli, ["--root", str(root), "validate", str(_one_face(root, "./face.png"))])
+    assert res.exit_code == 0, res.output
+    assert CliRunner().invoke(cli, ["--root", str(root / "nowhere"), "validate",
+                                    str(_one_face(root, "face.png"))]).exit_code == 2
+    confine_to(root)
+    built = Manifest([Face(id="b", media="p", crop="../elsewhere/face.png")], root)  # made in code, not read
+    with pytest.raises(ProxytasksError, match="outside the root"):
+        built.resolve(built.faces[0].crop)
+    assert built.resolve("face.png") == root / "face.png"
+    confine_to(None)
+    assert built.resolve(built.faces[0].crop).is_file()

@@ -1,6 +1,7 @@
 from collections import defaultdict
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -120,3 +121,18 @@ def test_track_cli_reports_fragmentation(episode, tmp_path):
     res = CliRunner().invoke(cli, ["track", str(episode / "manifest.jsonl"), "-o", str(tmp_path / "x.jsonl"),
                                    "--appearance", "fancy"])
     assert res.exit_code == 2
+
+
+def test_adaptive_gate_groups_by_shot_and_frame_even_near_int64_max():
+    from proxytasks.track import _adaptive_gate
+
+    big = 2**63 - 1
+    frame = np.array([big, big, big, 2**62, 2**62, 0], dtype=np.int64)
+    shot = np.array([1, 1, 0, 0, 0, 1], dtype=np.int64)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((6, 8)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    cfg = TrackerConfig(min_similarity=-1.0, similarity_quantile=0.5)
+    # faces of one frame of one shot: (0, 1) and (3, 4); face 2 shares face 0's frame number in another shot
+    expected = np.quantile([feats[0] @ feats[1], feats[3] @ feats[4]], 0.5)
+    assert _adaptive_gate(frame, shot, feats, cfg) == pytest.approx(float(expected), abs=1e-6)
