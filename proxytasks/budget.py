@@ -655,12 +655,12 @@ def conclusion(result: dict[str, Any]) -> str:
                 f"{describe(lo)} (error {lo['error']:.4f}, {lo['actual_s']:.0f} s); at {keys[-1]} s it is "
                 f"{describe(hi)} (error {hi['error']:.4f}, {hi['actual_s']:.0f} s).")
     bigger = [r for k in keys for r in rows[k]["configs"]
-              if r["status"] == "run" and r["actual_s"] > float(keys[0])]
+              if r["status"] == "run" and float(keys[0]) < r["actual_s"] <= float(keys[-1])]
     why = (f"none of the {len(bigger)} configurations that cost more than {keys[0]} s did better (the best of "
            f"them: {describe(min(bigger, key=lambda r: r['error']))}, error "
            f"{min(r['error'] for r in bigger):.4f})" if bigger else
-           f"no configuration costing more than {keys[0]} s could be run (larger budgets or fewer faces would "
-           "let bigger ones in)")
+           f"no configuration costing between {keys[0]} and {keys[-1]} s could be run (larger budgets or "
+           "fewer faces would let bigger ones in)")
     return (f"The same configuration is best at every budget: {describe(lo)} (error {lo['error']:.4f}) costs "
             f"{lo['actual_s']:.0f} s, which fits the smallest budget ({keys[0]} s), and {why}. On these faces more "
             "compute buys no lower error beyond it.")

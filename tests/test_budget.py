@@ -101,7 +101,10 @@ def test_conclusion_explains_when_the_best_does_not_change():
     assert "fits the smallest budget (10 s)" in text and "none of the 1 configurations that cost more" in text
     lone = _result({"10": [_cfg("sequential", "a", 5.0, 0.1)], "100": []})
     _finish_rows(_Fixed(lone), lone["budgets"])
-    assert "no configuration costing more than 10 s could be run" in conclusion(lone)
+    assert "no configuration costing between 10 and 100 s could be run" in conclusion(lone)
+    over = _result({"10": [_cfg("sequential", "a", 5.0, 0.1)], "100": [_cfg("sequential", "b", 120.0, 0.05)]})
+    _finish_rows(_Fixed(over), over["budgets"])  # b overran every budget: it fits none and is no rival
+    assert "no configuration costing between" in conclusion(over)
     nothing = _result({"10": [], "100": []})
     _finish_rows(_Fixed(nothing), nothing["budgets"])
     assert conclusion(nothing).startswith("No configuration could be run")
