@@ -148,16 +148,18 @@ def import_detections_cmd(table: Path, out: Path, image_template: str | None) ->
 @click.option("--threshold", type=float, default=None, help="Detector score threshold.")
 @click.option("--no-crops", is_flag=True, help="Do not write the face crops cache.")
 @click.option("--margin", default=0.2, show_default=True, help="Crop margin, a fraction of the box.")
-@click.option("--no-resume", is_flag=True, help="Redo media an earlier run finished.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Reuse the media an earlier (even killed) run finished with the same settings; "
+                   "--no-resume redoes them.")
 @click.pass_context
 def ingest(ctx: click.Context, media: tuple[Path, ...], out: Path, detector: str, fps: float | None,
            stride: int | None, min_face: int, threshold: float | None, no_crops: bool, margin: float,
-           no_resume: bool) -> None:
+           resume: bool) -> None:
     """Detect faces in videos and photos (files or folders) and write a manifest with shots."""
     from .ingest import ingest_media
 
     report = ingest_media(media, out, detector, fps=fps, stride=stride, min_face=min_face, threshold=threshold,
-                          crops=not no_crops, margin=margin, progress=_progress(ctx), resume=not no_resume)
+                          crops=not no_crops, margin=margin, progress=_progress(ctx), resume=resume)
     click.echo(f"wrote {out}: {report.faces} faces from {len(report.done) + len(report.reused)} media "
                f"({len(report.reused)} reused), {report.frames} frames read at {report.frames_per_second:.1f} frames/s")
     for path, reason in report.skipped.items():
@@ -380,19 +382,22 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="DataLoader workers for decoding faces.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--resume", is_flag=True,
+              help="Reuse the chunks a killed run left in OUT.partial/ (same model, device kind and faces).")
+@click.option("--chunk-size", type=click.IntRange(1), default=4096, show_default=True,
+              help="Faces per resumable chunk (rounded up to whole batches).")
 @click.pass_context
 def embed(ctx: click.Context, run: Path, manifest: Path, out: Path, batch_size: int, workers: int,
-          device: str) -> None:
-    """Embed every face of MANIFEST with the model in RUN."""
-    from .embed import embed_manifest
+          device: str, resume: bool, chunk_size: int) -> None:
+    """Embed every face of MANIFEST with the model in RUN (resumable: see --resume)."""
+    from .embed import embed_to_file
     from .embedder import Embedder
     from .manifest import Manifest
     from .models import select_device
 
     m = Manifest.read(manifest)
-    emb = embed_manifest(Embedder.load(run), m, batch_size, workers, _progress(ctx),
-                         str(select_device(device)))
-    emb.save(out)
+    emb = embed_to_file(Embedder.load(run), m, out, batch_size, workers, _progress(ctx),
+                        str(select_device(device)), resume=resume, chunk_size=chunk_size)
     click.echo(f"wrote {out}: {emb.vectors.shape[0]} faces x {emb.vectors.shape[1]} dims")
 
 
@@ -541,11 +546,12 @@ def index(emb: Path, out: Path, factory: str | None, memory_gb: float, add: bool
     e = Embeddings.load(emb)
     if add:
         idx = FaceIndex.load(out)
+        idx.check_source(e.meta, e.vectors.shape[1], emb, out)
         new = [k for k, face_id in enumerate(e.ids) if face_id not in set(idx.ids)]
         idx.add(e.vectors[new], [e.ids[k] for k in new])
         click.echo(f"added {len(new)} faces")
     else:
-        idx = FaceIndex.build(e.vectors, e.ids, factory=factory, memory_budget_gb=memory_gb)
+        idx = FaceIndex.build(e.vectors, e.ids, factory=factory, memory_budget_gb=memory_gb, source=e.meta)
     idx.save(out)
     click.echo(f"wrote {out}: {idx.factory}, {len(idx)} faces x {idx.dim} dims")
 
@@ -561,6 +567,7 @@ def search(index_dir: Path, emb: Path, face_ids: tuple[str, ...], k: int) -> Non
     from .index import FaceIndex
 
     idx, e = FaceIndex.load(index_dir), Embeddings.load(emb)
+    idx.check_source(e.meta, e.vectors.shape[1], emb, index_dir)
     pos = {face_id: i for i, face_id in enumerate(e.ids)}
     missing = [f for f in face_ids if f not in pos]
     if missing:
@@ -640,7 +647,9 @@ def name(ctx: click.Context, run: Path, emb: Path, labels: tuple[Path, ...], out
 
     e = Embeddings.load(emb)
     config = run / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("backbone") != e.meta.get("backbone"):
+    saved = json.loads(config.read_text()) if config.is_file() else None
+    if isinstance(saved, dict) and (saved.get("backbone") != e.meta.get("backbone") or (
+            "model_sha256" in e.meta and saved.get("model_sha256") != e.meta["model_sha256"])):
         raise ProxytasksError(f"{emb} was not embedded with the model of {run}")
     tracks = _tracks_of(manifest, emb, e.ids) if manifest is not None else None
     groups = read_clusters(clusters, e.ids) if clusters is not None else None

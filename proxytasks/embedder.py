@@ -1,11 +1,13 @@
 """The face embedder: a pretrained timm trunk, a projection head, L2 normalisation.
 
 Saved as a model folder (as sentence-transformers does): ``model.safetensors`` plus
-``config.json`` holding the backbone, head, preprocessing and library versions, so
-``Embedder.load(folder)`` rebuilds it without any other input and without pickle.
+``config.json`` holding the backbone, head, preprocessing, library versions and the
+sha256 of the weights file, so ``Embedder.load(folder)`` rebuilds it without any other
+input and without pickle, and refuses a truncated or altered weights file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 from torch import nn
 
 from .errors import ProxytasksError
@@ -31,7 +33,7 @@ DEFAULT_INPUT_SIZE = 128  # faces are small; 4x faster than 224 on CPU
 # Backbones trained on aligned face chips: their faces are aligned the same way
 # (proxytasks.align), and they keep their own input size.
 ALIGNMENT = {"dlib_resnet29": "dlib"}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json holds model_sha256
 
 
 def library_versions() -> dict[str, str]:
@@ -125,15 +127,26 @@ class Embedder(nn.Module):
                 "versions": library_versions()}
 
     # ------------------------------------------------------------------ storage
+    def _weights(self) -> bytes:
+        """The ``model.safetensors`` bytes of the current weights (safetensors writes the same bytes for the
+        same tensors, whatever their order)."""
+        return save({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()})
+
+    def fingerprint(self) -> str:
+        """sha256 of the current weights as ``model.safetensors`` holds them: ``model_sha256`` in the saved
+        ``config.json`` and in the header of the embeddings this embedder makes."""
+        return hashlib.sha256(self._weights()).hexdigest()
+
     def save(self, folder: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` atomically into ``folder``."""
+        """Write ``model.safetensors`` and ``config.json`` (with the weights' sha256) atomically into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        data = self._weights()
         with atomic_write(folder / "model.safetensors", "wb") as fh:
-            fh.write(save(state))
+            fh.write(data)
         with atomic_write(folder / "config.json") as fh:
-            json.dump({**self.config(), **(extra or {})}, fh, indent=2)
+            json.dump({**self.config(), **(extra or {}), "model_sha256": hashlib.sha256(data).hexdigest()}, fh,
+                      indent=2)
         return folder
 
     @classmethod
@@ -146,11 +159,24 @@ class Embedder(nn.Module):
                 raise ProxytasksError(f"{p}: not found; is {folder} a proxytasks run folder?")
         try:
             cfg = json.loads(cfg_path.read_text())
-            state = load_file(str(weights))
-        except (OSError, ValueError, SafetensorError) as e:
+            if not isinstance(cfg, dict):
+                raise ValueError(f"{cfg_path.name} is not a JSON object")
+            data = weights.read_bytes()
+        except (OSError, ValueError) as e:
             raise ProxytasksError(f"{folder}: cannot read the saved model: {e}") from None
-        if cfg.get("format_version") != FORMAT_VERSION:
-            raise ProxytasksError(f"{cfg_path}: model format {cfg.get('format_version')} is not {FORMAT_VERSION}")
+        version = cfg.get("format_version")
+        if version != FORMAT_VERSION:
+            older = type(version) is int and 0 < version < FORMAT_VERSION
+            raise ProxytasksError(f"{cfg_path}: model format {version!r}, this proxytasks reads {FORMAT_VERSION}"
+                                  + ("; written by an older proxytasks: train it again" if older else ""))
+        if hashlib.sha256(data).hexdigest() != cfg.get("model_sha256"):
+            raise ProxytasksError(f"{weights}: cannot read the saved model: its sha256 does not match the one in "
+                                  f"{cfg_path.name} (truncated, corrupt or replaced); train it again or restore it")
+        try:
+            state = load(data)
+        except SafetensorError as e:
+            raise ProxytasksError(f"{weights}: cannot read the saved model: {e}") from None
+        del data
         trunk = create_backbone(cfg["backbone"], weights="none")
         model = cls(trunk, cfg["backbone"], cfg["head"], cfg["dim"], cfg["input_size"],
                     cfg.get("weights_origin", ""))

@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", gz: bool | None = None) -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success it replaces ``path``.
@@ -42,6 +48,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", gz: bool | None = Non
                     yield stream
             raw.flush()
             os.fsync(raw.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -6,6 +6,8 @@ picked by :func:`choose_factory` (the autofaiss idea: number of vectors and a me
 budget decide) and can be overridden with any faiss factory string. A saved index is a
 folder holding ``index.faiss``, ``ids.json`` and ``index_infos.json`` (written last, so
 a folder whose infos are present is complete); :meth:`FaceIndex.load` checks all three.
+The infos also record the model the embeddings came from (``source``), so that
+:meth:`FaceIndex.check_source` can refuse embeddings of another model or dimension.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from .fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the infos record the embeddings' model ("source")
+SOURCE_KEYS = ("backbone", "head", "model_sha256")  # from the embeddings' header
 INDEX_FILE = "index.faiss"
 INFOS_FILE = "index_infos.json"
 IDS_FILE = "ids.json"
@@ -267,7 +270,7 @@ class FaceIndex:
 
     @classmethod
     def build(cls, vectors: Any, ids: Sequence[Any], factory: str | None = None,
-              memory_budget_gb: float = 4.0, seed: int = 0) -> "FaceIndex":
+              memory_budget_gb: float = 4.0, seed: int = 0, source: dict[str, Any] | None = None) -> "FaceIndex":
         """Index ``vectors`` (normalised here) under ``ids``.
 
         Args:
@@ -276,6 +279,8 @@ class FaceIndex:
             factory: a faiss factory string; default :func:`choose_factory`.
             memory_budget_gb: budget for :func:`choose_factory`.
             seed: seeds the IVF training sample, k-means and the tuning queries.
+            source: the header of the embeddings indexed (:class:`~proxytasks.embed.Embeddings`
+                ``meta``); its :data:`SOURCE_KEYS` are recorded for :meth:`check_source`.
 
         IVF indexes are trained on a seeded sample; efSearch / nprobe are then set to the
         smallest value reaching recall@10 >= 0.96 on a seeded sample of the data itself.
@@ -315,6 +320,8 @@ class FaceIndex:
         parameters = _tune(index, x, seed)
         infos = {"train_size": train_size, "seed": seed,
                  "build_seconds": round(time.perf_counter() - start, 3)}
+        if source is not None:
+            infos["source"] = {k: source[k] for k in SOURCE_KEYS if k in source}
         logger.info("indexed %d vectors as %s in %.1f s (%s)", n, factory,
                     infos["build_seconds"], parameters)
         return cls(index, id_list, factory, parameters, infos)
@@ -330,6 +337,31 @@ class FaceIndex:
             self._pos[face_id] = len(self.ids)
             self.ids.append(face_id)
         self._id_array = None
+
+    def check_source(self, meta: dict[str, Any], dim: int, emb: str | os.PathLike,
+                     folder: str | os.PathLike) -> None:
+        """Refuse embeddings that this index (saved in ``folder``) cannot answer or hold.
+
+        Args:
+            meta: the embeddings' header; each of :data:`SOURCE_KEYS` the index recorded
+                at build time must be equal in it (missing counts as different).
+            dim: the embeddings' dimension; it must be the index's.
+            emb: the embeddings file, named in the message.
+
+        Raises:
+            ProxytasksError: naming both files, for another dimension or another model.
+        """
+        redo = "embed the faces with the model the index was built from, or rebuild the index"
+        if dim != self.dim:
+            raise ProxytasksError(f"{emb}: vectors of dimension {dim}, but the index {folder} holds dimension "
+                                  f"{self.dim}: they come from different models; {redo}")
+        recorded = self.infos.get("source", {})
+        if any(meta.get(k) != v for k, v in recorded.items()):
+            def describe(m: dict[str, Any]) -> str:
+                return ", ".join(f"{k} {str(m.get(k))[:12] if k == 'model_sha256' else m.get(k)}" for k in recorded)
+
+            raise ProxytasksError(f"{emb}: embedded by {describe(meta)}, but the index {folder} was built from "
+                                  f"embeddings of {describe(recorded)}; {redo}")
 
     def position(self, face_id: str) -> int:
         """Row of ``face_id`` in the index."""
@@ -414,6 +446,8 @@ class FaceIndex:
         if infos.get("format_version") != FORMAT_VERSION:
             raise ProxytasksError(f"{infos_path}: format version {infos.get('format_version')!r}, "
                                   f"this proxytasks reads {FORMAT_VERSION}{rebuild}")
+        if not isinstance(infos.get("source", {}), dict):
+            raise ProxytasksError(f"{infos_path}: 'source' is not a JSON object{rebuild}")
         if not index_path.is_file():
             raise ProxytasksError(f"{index_path}: missing{rebuild}")
         size = index_path.stat().st_size

@@ -11,10 +11,15 @@ The run is resumable: every finished media is recorded in
 ``<manifest>.parts/<media>.json`` (written atomically) together with its faces; a rerun
 with the same settings reuses those and processes only the rest. The manifest itself
 is rewritten atomically as media finish, so an interruption never leaves it half
-written. Unreadable media are reported by name and skipped.
+written; frames and crops are renamed into place whole, and a media being redone loses
+its record before any of its files is rewritten. Even a SIGKILL at any moment leaves
+only whole files under their final names (and temporary ``.*.tmp`` files, which a rerun
+removes). Unreadable media are reported by name and skipped.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import math
@@ -126,6 +131,34 @@ def crop_face(img: Image.Image, box: list[float], margin: float) -> Image.Image:
     return img.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
 
 
+def _save_jpeg(img: Image.Image, path: Path) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it (named as
+    :func:`~proxytasks.fileio.atomic_write` names them), then a rename. Not synced to
+    disk one by one, which would cost a disk flush per face: a killed process leaves no
+    half-written image, and the resume record written (and synced) after the media
+    vouches only for files present and not empty. The file gets the usual permissions
+    (0666 less the umask), as a plain ``save`` would give it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            img.save(fh, format="JPEG", quality=JPEG_QUALITY)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _remove_temporaries(folder: Path, pattern: str = ".*.tmp") -> None:
+    """Temporary files a killed run left in ``folder`` (never read; removed before new writes)."""
+    if folder.is_dir():
+        for tmp in folder.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
 class _Writer:
     """Turns detections on one image into manifest records and writes frame/crop files."""
 
@@ -144,10 +177,15 @@ class _Writer:
                 if b is not None]
         if not kept:
             return []
+        # Ids follow one order whatever order the detector gives (OpenCV's threaded Haar
+        # cascade varies it from run to run): most confident first, then by box.
+        scores = [_finite(det.scores[k]) if det.scores is not None and len(det.scores) > k else None
+                  for k, _ in kept]
+        kept = [kb for _, kb in sorted(zip(scores, kept), key=lambda sk: (
+            -sk[0] if sk[0] is not None else math.inf, sk[1][1]))]
         if image_path is None:
             image_path = self.out_dir / "frames" / self.key / f"{frame:06d}.jpg"
-            image_path.parent.mkdir(parents=True, exist_ok=True)
-            img.save(image_path, quality=JPEG_QUALITY)
+            _save_jpeg(img, image_path)
         records = []
         for n, (k, box) in enumerate(kept):
             fid = f"{self.key}_{n}" if frame is None else f"{self.key}_{frame:06d}_{n}"
@@ -164,8 +202,7 @@ class _Writer:
                     rec["landmarks"] = [[round(float(a), 2), round(float(b), 2)] for a, b in marks]
             if self.crops:
                 path = self.out_dir / "crops" / self.key / f"{fid}.jpg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                crop_face(img, box, self.margin).save(path, quality=JPEG_QUALITY)
+                _save_jpeg(crop_face(img, box, self.margin), path)
                 rec["crop"] = self.rel(path)
             records.append(rec)
         return records
@@ -260,6 +297,8 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
             det_obj.append(create_detector(detector, **kwargs))
         return det_obj[0]
 
+    _remove_temporaries(parts_dir)  # what a killed run left half-written (never read)
+    _remove_temporaries(out.parent, f".{glob.escape(out.name)}.*.tmp")
     report = IngestReport(manifest=out)
     records: dict[str, list[dict[str, Any]]] = {}
     dirty = False
@@ -289,6 +328,11 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
                     faces_found += len(part["faces"])
                     dirty = True
                     continue
+            # Redo: first drop its record, so that a kill while its files are rewritten (with
+            # other settings, say) never leaves a record that vouches for them.
+            part_path.unlink(missing_ok=True)
+            for sub in ("frames", "crops"):
+                _remove_temporaries(out_dir / sub / key)
             writer = _Writer(out_dir, key, media_rel, crops, margin)
             try:
                 if is_video(path):
@@ -348,16 +392,26 @@ def _load_part(path: Path, media_rel: str, stamp: dict, settings: dict, out_dir:
     except (OSError, ValueError):
         logger.warning("ignoring unreadable resume record %s", path)
         return None
-    if (part.get("version") != PART_VERSION or part.get("media") != media_rel
-            or part.get("source") != stamp or part.get("settings") != json.loads(json.dumps(settings))):
+    if not isinstance(part, dict) or (part.get("version") != PART_VERSION or part.get("media") != media_rel
+                                      or part.get("source") != stamp
+                                      or part.get("settings") != json.loads(json.dumps(settings))):
         logger.info("redoing %s: media or settings changed since %s", media_rel, path)
         return None
     for rec in part.get("faces", []):
         for name in ("image", "crop"):
-            if rec.get(name) is not None and not (out_dir / rec[name]).is_file():
-                logger.info("redoing %s: %s is missing", media_rel, rec[name])
+            if rec.get(name) is not None and not _whole_file(out_dir / rec[name]):
+                logger.info("redoing %s: %s is missing or empty", media_rel, rec[name])
                 return None
     return part
+
+
+def _whole_file(path: Path) -> bool:
+    """A regular file that is not empty (images are renamed into place whole, but not
+    synced one by one: after a power cut, one may be empty)."""
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, batch_size: int,
@@ -414,6 +468,5 @@ def _ingest_photo(path: Path, writer: _Writer, get_detector,
     image_path = path.resolve()
     if len(det.boxes) and _exif_turned(path):
         image_path = writer.out_dir / "frames" / writer.key / "rotated.jpg"
-        image_path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(image_path, quality=JPEG_QUALITY)
+        _save_jpeg(img, image_path)
     return writer.faces(img, det, None, None, image_path), 1, None, None

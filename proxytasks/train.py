@@ -19,6 +19,7 @@ step, and the trained head's checkpoints compete on that score; the best one is 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 FEATURE_SHARE = 0.5  # at most this share of a time budget on caching views after the first two
 LR_SCHEDULES = ("constant", "cosine")
+CHECKPOINT_VERSION = 1  # of the "header" in checkpoint.pt
 
 
 @dataclass
@@ -309,11 +311,11 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
     best: dict[str, Any] = {"score": None, "state": None, "step": 0}
     ckpt = run / "checkpoint.pt"
     if resume and ckpt.is_file():
+        state = _read_checkpoint(ckpt, embedder)
         try:
-            state = torch.load(ckpt, weights_only=True)
             embedder.head.load_state_dict(state["head"])
             opt.load_state_dict(state["optimizer"])
-        except Exception as e:  # truncated file, another model's head, pickled code ...
+        except Exception as e:  # a head or optimizer that does not fit, despite the header
             raise ProxytasksError(f"{ckpt}: cannot resume from this checkpoint ({type(e).__name__}: "
                                   f"{str(e)[:200]}); delete it to start afresh") from None
         step = int(state["step"])
@@ -412,9 +414,74 @@ def _select(candidates: dict[str, dict[str, Any]]) -> str:
 
 def _checkpoint(path: Path, embedder: Embedder, opt: torch.optim.Optimizer, step: int, log: list,
                 best: dict[str, Any]) -> None:
-    """Everything ``--resume`` needs, loadable with ``torch.load(weights_only=True)``."""
+    """Everything ``--resume`` needs, loadable with ``torch.load(weights_only=True)``, with a
+    ``header``: the model it fits and the sha256 of the rest (see :func:`_read_checkpoint`)."""
     state = {"head": embedder.head.state_dict(), "optimizer": opt.state_dict(), "step": step,
              "log": json.dumps(log), "best_head": best["state"],
              "best_score": -1.0 if best["score"] is None else best["score"], "best_step": best["step"]}
+    state["header"] = {**_checkpoint_header(embedder), "sha256": _state_digest(state)}
     with atomic_write(path, "wb", gz=False) as fh:
         torch.save(state, fh)
+
+
+def _checkpoint_header(embedder: Embedder) -> dict[str, Any]:
+    """What a checkpoint's head and optimizer fit: the model being trained."""
+    return {"format_version": CHECKPOINT_VERSION, "backbone": embedder.backbone, "head": embedder.head_kind,
+            "in_dim": embedder.in_dim, "dim": embedder.dim}
+
+
+def _state_digest(state: Any) -> str:
+    """sha256 of a checkpoint's content: tensors by dtype, shape and bytes, containers in key order."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"tensor {t.dtype} {tuple(x.shape)}:".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode() + b":")
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode() + b";")
+
+    walk(state)
+    return h.hexdigest()
+
+
+def _read_checkpoint(path: Path, embedder: Embedder) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked against its header, and the header against ``embedder``.
+
+    Raises:
+        ProxytasksError: naming the file, when it cannot be read (truncated, pickled code ...),
+            has no header (an older proxytasks), fails its checksum, or fits another model.
+    """
+    afresh = "delete it to start afresh"
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # truncated file, pickled code ...
+        raise ProxytasksError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: "
+                              f"{str(e)[:200]}); {afresh}") from None
+    header = state.get("header") if isinstance(state, dict) else None
+    if not isinstance(header, dict) or header.get("format_version") != CHECKPOINT_VERSION:
+        raise ProxytasksError(f"{path}: cannot resume from this checkpoint: it has no header of format "
+                              f"{CHECKPOINT_VERSION} (written by an older proxytasks?); {afresh}")
+    if _state_digest({k: v for k, v in state.items() if k != "header"}) != header.get("sha256"):
+        raise ProxytasksError(f"{path}: cannot resume from this checkpoint: its content does not match the "
+                              f"sha256 in its header (corrupt or altered); {afresh}")
+    want = _checkpoint_header(embedder)
+    if any(header.get(k) != v for k, v in want.items()):
+        def describe(h: dict[str, Any]) -> str:
+            return f"{h.get('backbone')} with a {h.get('head')} head {h.get('in_dim')} -> {h.get('dim')}"
+
+        raise ProxytasksError(f"{path}: cannot resume: the checkpoint is of {describe(header)}, this run trains "
+                              f"{describe(want)}; resume with the options it was trained with, or {afresh}")
+    return state

@@ -135,3 +135,14 @@ def test_write_is_atomic_on_failure(tmp_path, frame_image):
         bad.write(path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".m.jsonl.*"))
+
+
+def test_written_files_get_the_permissions_open_would_give(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = Manifest([Face(id="a", media="v", crop="frame.png")], tmp_path).write(tmp_path / "m.jsonl")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
