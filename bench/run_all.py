@@ -35,6 +35,7 @@ SCRIPTS = [
     ("dlib_descriptors", ["--chips", "16", "--batch", "8"]),
     ("ingest_speed", None),
     ("train_budget", None),
+    ("budget_sweep", None),
     ("naming_orl_episode", None),
     ("face_peers", None),
 ]
