@@ -90,7 +90,8 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- linking
 def frame_step(frame: np.ndarray) -> int:
     """The usual distance between successive kept frames (1 unless frames were sampled)."""
-    gaps = np.diff(np.unique(frame))
+    gaps = np.diff(np.sort(frame))
+    gaps = gaps[gaps != 0]  # np.diff(np.unique(frame)), without numpy's slower hash-based unique
     return max(1, int(np.median(gaps))) if len(gaps) else 1
 
 
@@ -99,10 +100,27 @@ def link(frame: np.ndarray, shot: np.ndarray, boxes: np.ndarray | None = None,
          min_similarity: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Track index per detection of one media, and whether each detection continued a track.
 
+    Frames are taken in (shot, frame) order. A track is alive in its shot while its last
+    detection is at most ``(max_gap + 1) * frame_step(frame)`` frames back. The detections
+    of a frame are matched to the alive tracks by optimal assignment (Hungarian) on the
+    sum of the IoU (the larger of the velocity-predicted box's and the last box's) and the
+    appearance similarity, and a match is kept only when it passes every gate (``min_iou``,
+    the similarity gate); unmatched detections start tracks. A match updates the track's
+    box, velocity (box change per frame) and appearance (momentum average, renormalised).
+    Tracks are numbered in the order they start.
+
+    Tracks never cross shots, so all shots are processed in lockstep: step ``k`` takes the
+    ``k``-th frame of every shot at once and scores the (alive track, detection) pairs of
+    every shot in one batch. A valid pair whose track and detection have no other valid
+    pair is in every optimal assignment and is accepted directly; the Hungarian assignment
+    runs only for the shots with contested pairs, on the shot's whole matrix as frame by
+    frame, and similarities are the same matrix products, so the result is the same as
+    frame by frame. The Python loop runs as many times as the longest shot has frames.
+
     Args:
         frame: frame index per detection.
         shot: shot index per detection; tracks never cross shots.
-        boxes: (n, 4) [x, y, w, h] or None.
+        boxes: (n, 4) [x, y, w, h] or None (taken as float64).
         features: (n, d) L2-normalised appearance vectors or None.
         cfg: tracker settings.
         min_similarity: appearance gate (defaults to ``cfg.min_similarity``).
@@ -111,63 +129,188 @@ def link(frame: np.ndarray, shot: np.ndarray, boxes: np.ndarray | None = None,
     if boxes is None and features is None:
         raise ProxytasksError("tracking needs boxes or appearance features")
     gate = cfg.min_similarity if min_similarity is None else min_similarity
-    reach = (cfg.max_gap + 1) * frame_step(frame)  # gaps count kept frames, not decoded ones
+    frame = np.asarray(frame, dtype=np.int64)
+    shot = np.asarray(shot)
     n = len(frame)
     track = np.full(n, -1, dtype=np.int64)
     linked = np.zeros(n, dtype=bool)
+    if n == 0:
+        return track, linked
+    reach = (cfg.max_gap + 1) * frame_step(frame)  # gaps count kept frames, not decoded ones
+
+    # Groups: the (shot, frame)s in sorted order; k: the rank of a group in its shot.
     order = np.lexsort((frame, shot))
-    bounds = np.flatnonzero(np.r_[True, (np.diff(frame[order]) != 0) | (np.diff(shot[order]) != 0), True])
-    # State of every track: last frame, shot, last box, velocity, appearance.
-    t_frame: list[int] = []
-    t_shot: list[int] = []
-    t_box: list[np.ndarray] = []
-    t_vel: list[np.ndarray] = []
-    t_feat: list[np.ndarray] = []
-    alive: list[int] = []
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        dets = order[s:e]
-        f, sh = int(frame[dets[0]]), int(shot[dets[0]])
-        alive = [t for t in alive if t_shot[t] == sh and f - t_frame[t] <= reach]
-        pairs: list[tuple[int, int]] = []
-        if alive:
-            valid = np.ones((len(alive), len(dets)), dtype=bool)
-            score = np.zeros((len(alive), len(dets)))
-            if boxes is not None:
-                dt = np.array([f - t_frame[t] for t in alive], dtype=float)[:, None]
-                last = np.stack([t_box[t] for t in alive])
-                pred = last + np.stack([t_vel[t] for t in alive]) * dt
-                iou = np.maximum(iou_matrix(pred, boxes[dets]), iou_matrix(last, boxes[dets]))
-                valid &= iou >= cfg.min_iou
-                score += iou
-            if features is not None:
-                sim = np.stack([t_feat[t] for t in alive]) @ features[dets].T
-                valid &= sim >= gate
-                score += sim
-            rows, cols = linear_sum_assignment(np.where(valid, -score, 1e6))
-            pairs = [(alive[r], dets[c]) for r, c in zip(rows, cols) if valid[r, c]]
-        matched = set()
-        for t, d in pairs:
-            if boxes is not None:
-                t_vel[t] = (boxes[d] - t_box[t]) / max(f - t_frame[t], 1)
-                t_box[t] = boxes[d]
-            if features is not None:
-                v = cfg.appearance_momentum * t_feat[t] + (1 - cfg.appearance_momentum) * features[d]
-                t_feat[t] = v / max(np.linalg.norm(v), 1e-12)
-            t_frame[t] = f
-            track[d] = t
-            linked[d] = True
-            matched.add(d)
-        for d in dets:
-            if d in matched:
-                continue
-            track[d] = len(t_frame)
-            alive.append(track[d])
-            t_frame.append(f)
-            t_shot.append(sh)
-            t_box.append(boxes[d] if boxes is not None else np.zeros(4))
-            t_vel.append(np.zeros(4))
-            t_feat.append(features[d] if features is not None else np.zeros(0))
-    return track, linked
+    fs, ss = frame[order], shot[order]
+    new_shot = np.r_[True, ss[1:] != ss[:-1]]
+    g_start = np.flatnonzero(new_shot | np.r_[True, fs[1:] != fs[:-1]])
+    g_size = np.diff(np.r_[g_start, n])
+    g_shot = (np.cumsum(new_shot) - 1)[g_start]
+    shot_groups = np.bincount(g_shot)
+    g_k = np.arange(len(g_start)) - (np.cumsum(shot_groups) - shot_groups)[g_shot]
+    # Shots ranked longest first, so that the shots with a k-th frame are ranks 0 .. J-1.
+    rank = np.empty(len(shot_groups), dtype=np.int64)
+    rank[np.argsort(-shot_groups, kind="stable")] = np.arange(len(shot_groups))
+    # Step-major order: groups by (k, shot rank); detections by (k, shot rank, sorted position).
+    g_order = np.lexsort((rank[g_shot], g_k))
+    G_rank, G_frame, G_size = rank[g_shot][g_order], fs[g_start][g_order], g_size[g_order]
+    per_step = np.bincount(g_k)
+    step_groups = np.r_[0, np.cumsum(per_step)].tolist()
+    step_dets = np.r_[0, np.cumsum(np.bincount(g_k, weights=g_size)).astype(np.int64)].tolist()
+    G_end = np.cumsum(G_size)
+    G_off = G_end - G_size - np.repeat(np.array(step_dets[:-1], dtype=np.int64), per_step)  # offset in its step
+    pos = np.repeat(g_start[g_order] - (G_end - G_size), G_size) + np.arange(n)  # sorted position, step-major
+    det = order[pos]
+    # A new track's integer state [id (set later), shot rank, frame], per step-major detection.
+    d_int = np.stack([np.zeros(n, dtype=np.int64), np.repeat(G_rank, G_size), np.repeat(G_frame, G_size)])
+
+    use_boxes, use_features = boxes is not None, features is not None
+    if use_boxes:
+        boxes = np.asarray(boxes, dtype=np.float64)
+        d_bv = np.zeros((8, n))  # a new track's box and velocity, per detection
+        d_bv[:4] = boxes.T
+        x1, y1, w, h = d_bv[:4]
+        d_terms = np.stack([x1, y1, x1 + w, y1 + h, w * h])  # as iou_matrix computes them
+    if use_features:
+        features = np.asarray(features)
+    momentum = cfg.appearance_momentum
+    # The alive tracks, sorted by (shot rank, id): [id, shot rank, last frame], [box; velocity], appearance.
+    a_int = np.zeros((3, 0), dtype=np.int64)
+    a_bv = np.zeros((8, 0))
+    a_feat = np.zeros((0, features.shape[1]), dtype=features.dtype) if use_features else None
+    first_pos = np.empty(n, dtype=np.int64)  # sorted position of each track's first detection
+    n_tracks = 0
+    for k in range(len(step_groups) - 1):
+        g0, g1 = step_groups[k], step_groups[k + 1]
+        n_act = g1 - g0  # shots with a k-th frame: ranks 0 .. n_act - 1
+        cur, nd, d_off = G_frame[g0:g1], G_size[g0:g1], G_off[g0:g1]
+        s0, s1 = step_dets[k], step_dets[k + 1]
+        dets = det[s0:s1]
+        matched = np.zeros(s1 - s0, dtype=bool)
+        # Alive: the tracks of an active shot whose last frame is within reach.
+        cut = int(a_int[1].searchsorted(n_act))
+        gap = cur.take(a_int[1, :cut]) - a_int[2, :cut]
+        keep = (gap <= reach).nonzero()[0]
+        if len(keep):
+            j = a_int[1].take(keep)  # shot rank = index into this step's shots
+            gap = gap.take(keep)
+            cnt = nd.take(j)
+            p_start = cnt.cumsum()
+            n_pairs = int(p_start[-1])
+            p_start -= cnt
+            pa = np.arange(len(keep)).repeat(cnt)  # alive row of each (track, detection) pair
+            pd = (d_off.take(j) - p_start).repeat(cnt) + np.arange(n_pairs)  # its detection in the step
+            if use_boxes:
+                kb = a_bv.take(keep, 1)
+                # Terms of the predicted and the last box, as iou_matrix computes them: (5, 2, alive).
+                t = np.empty((5, 2, len(keep)))
+                np.multiply(kb[4:], gap, out=t[:4, 0])
+                np.add(kb[:4], t[:4, 0], out=t[:4, 0])
+                t[:4, 1] = kb[:4]
+                np.multiply(t[2], t[3], out=t[4])
+                np.add(t[0], t[2], out=t[2])
+                np.add(t[1], t[3], out=t[3])
+                tx1, ty1, tx2, ty2, ta = t.take(pa, 2)
+                dx1, dy1, dx2, dy2, da = d_terms.take(dets.take(pd), 1)
+                iw = np.minimum(tx2, dx2)
+                iw -= np.maximum(tx1, dx1)
+                np.maximum(iw, 0, out=iw)
+                ih = np.minimum(ty2, dy2)
+                ih -= np.maximum(ty1, dy1)
+                np.maximum(ih, 0, out=ih)
+                iw *= ih  # intersection
+                union = ta + da
+                union -= iw
+                np.maximum(union, 1e-9, out=union)
+                iw /= union
+                score = np.maximum(iw[0], iw[1])
+                valid = score >= cfg.min_iou
+            if use_features:
+                na = np.bincount(j, minlength=n_act)  # alive tracks per shot
+                a_off = na.cumsum() - na
+                # Similarity shot by shot, by the same product as frame by frame (same rounding);
+                # with boxes only for the shots where some pair passed the IoU gate.
+                if use_boxes:
+                    need = np.zeros(n_act, dtype=bool)
+                    need[j.take(pa[valid])] = True
+                    need = need.nonzero()[0]
+                else:
+                    need = na.nonzero()[0]
+                sim = np.zeros(n_pairs, dtype=features.dtype)
+                for r0, n_rows, d0, n_cols in zip(a_off.take(need).tolist(), na.take(need).tolist(),
+                                                  d_off.take(need).tolist(), nd.take(need).tolist()):
+                    p0 = int(p_start[r0])
+                    block = a_feat.take(keep[r0:r0 + n_rows], 0) @ features.take(dets[d0:d0 + n_cols], 0).T
+                    sim[p0:p0 + n_rows * n_cols] = block.ravel()
+                if use_boxes:
+                    valid &= sim >= gate
+                    score = score + sim
+                else:
+                    valid = sim >= gate
+                    score = sim.astype(np.float64)
+            vp = valid.nonzero()[0]
+            if len(vp):
+                ra, rd = pa.take(vp), pd.take(vp)
+                iso = np.bincount(ra, minlength=len(keep)).take(ra) == 1
+                iso &= np.bincount(rd, minlength=len(dets)).take(rd) == 1
+                if iso.all():
+                    ma, md = ra, rd
+                else:
+                    # Shots with a contested pair: the Hungarian assignment on the shot's whole matrix.
+                    contested = np.zeros(n_act, dtype=bool)
+                    contested[j.take(ra[~iso])] = True
+                    take = ~contested.take(j.take(ra))
+                    ma_parts, md_parts = [ra[take]], [rd[take]]
+                    if not use_features:
+                        na = np.bincount(j, minlength=n_act)
+                        a_off = na.cumsum() - na
+                    cost = np.where(valid, -score, 1e6)
+                    for c in contested.nonzero()[0].tolist():
+                        n_rows, n_cols, r0 = int(na[c]), int(nd[c]), int(a_off[c])
+                        p0 = int(p_start[r0])
+                        r, q = linear_sum_assignment(cost[p0:p0 + n_rows * n_cols].reshape(n_rows, n_cols))
+                        ok = valid.take(p0 + r * n_cols + q)
+                        ma_parts.append(r0 + r[ok])
+                        md_parts.append(d_off[c] + q[ok])
+                    ma, md = np.concatenate(ma_parts), np.concatenate(md_parts)
+                rows = keep.take(ma)
+                d = dets.take(md)
+                if use_boxes:
+                    upd = d_bv.take(d, 1)
+                    upd[4:] = (upd[:4] - kb[:4].take(ma, 1)) / np.maximum(gap.take(ma), 1)
+                    a_bv[:, rows] = upd
+                if use_features:
+                    v = momentum * a_feat.take(rows, 0) + (1 - momentum) * features.take(d, 0)
+                    norm = np.sqrt(np.matmul(v[:, None, :], v[:, :, None])[:, 0, 0])  # as np.linalg.norm
+                    a_feat[rows] = v / np.maximum(norm, 1e-12)[:, None]
+                a_int[2][rows] = cur.take(j.take(ma))
+                track[d] = a_int[0].take(rows)
+                linked[d] = True
+                matched[md] = True
+        # Unmatched detections start tracks (renumbered by their sorted position at the end).
+        new = (~matched).nonzero()[0]
+        ids = np.arange(n_tracks, n_tracks + len(new))
+        n_tracks += len(new)
+        new_d = dets.take(new)
+        track[new_d] = ids
+        first_pos[ids] = pos[s0:s1].take(new)
+        new_int = d_int[:, s0:s1].take(new, 1)
+        new_int[0] = ids
+        a_int = np.concatenate([a_int.take(keep, 1), new_int], 1)
+        idx = a_int[1].argsort(kind="stable") if n_act > 1 else None  # new tracks after their shot's
+        if idx is not None:
+            a_int = a_int.take(idx, 1)
+        if use_boxes:
+            a_bv = np.concatenate([a_bv.take(keep, 1), d_bv.take(new_d, 1)], 1)
+            if idx is not None:
+                a_bv = a_bv.take(idx, 1)
+        if use_features:
+            a_feat = np.concatenate([a_feat.take(keep, 0), features.take(new_d, 0)])
+            if idx is not None:
+                a_feat = a_feat.take(idx, 0)
+    # Frame by frame numbers tracks in the (shot, frame, detection) order of their first detection.
+    number = np.empty(n_tracks, dtype=np.int64)
+    number[np.argsort(first_pos[:n_tracks])] = np.arange(n_tracks)
+    return number[track], linked
 
 
 # --------------------------------------------------------------------------- appearance

@@ -1,4 +1,5 @@
 import json
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ from proxytasks.errors import ProxytasksError
 from proxytasks.evaluate import audit_pairs
 from proxytasks.manifest import Face, Manifest
 from proxytasks.pairs import PairSet
-from proxytasks.rules import RuleSet, parse_rules
+from proxytasks import rules as rules_module
+from proxytasks.rules import (FaceColumns, PairRows, Rule, RuleSet, pairs_across_groups, pairs_within_groups,
+                              parse_rules)
 
 
 def hand_manifest(conflict: bool = False) -> Manifest:
@@ -146,3 +149,189 @@ def test_pairs_and_audit_cli(tmp_path, frame_image):
                                            "faces_covered": 5, "identities_covered": 2}
     res = runner.invoke(cli, ["audit", str(tmp_path / "m.jsonl"), str(tmp_path / "missing.npz")])
     assert res.exit_code == 2 and "pairs file not found" in res.output
+
+
+# --------------------------------------------------------------------------- against brute force
+RULE_NAMES = ["same-frame", "same-track", "track-cooccurrence", "same-photo"]
+
+
+def brute_rule_pairs(faces: list[Face], name: str) -> list[tuple[int, int]]:
+    """A rule's pairs straight from its definition, by looking at every two faces."""
+    n = len(faces)
+    track = [None if f.track is None else (f.media, f.track) for f in faces]
+    if name == "track-cooccurrence":
+        together = {(track[a], track[b]) for a, b in combinations(range(n), 2)
+                    if faces[a].frame is not None and (faces[a].media, faces[a].frame) == (faces[b].media, faces[b].frame)
+                    and None is not track[a] != track[b] is not None}
+        together |= {(y, x) for x, y in together}
+        return [(a, b) for a, b in combinations(range(n), 2) if (track[a], track[b]) in together]
+    test = {
+        "same-frame": lambda a, b: a.frame is not None and (a.media, a.frame) == (b.media, b.frame),
+        "same-track": lambda a, b: a.track is not None and (a.media, a.track) == (b.media, b.track),
+        "same-photo": lambda a, b: a.frame is None and b.frame is None and a.media == b.media,
+    }[name]
+    return [(a, b) for a, b in combinations(range(n), 2) if test(faces[a], faces[b])]
+
+
+def brute_apply(per_rule: dict[str, list], labels: dict[str, str], policy: str) -> tuple[dict, int]:
+    """Rows kept per rule (sorted lists, duplicates kept) and the number of conflicting pairs."""
+    same = set().union(*[set(p) for r, p in per_rule.items() if labels[r] == "same"])
+    different = set().union(*[set(p) for r, p in per_rule.items() if labels[r] == "different"])
+    conflicting = same & different
+    kept = {r: sorted(p for p in pairs if p not in conflicting or (policy == "different" and labels[r] == "different"))
+            for r, pairs in per_rule.items()}
+    return kept, len(conflicting)
+
+
+def random_faces(rng: np.random.Generator, n: int) -> list[Face]:
+    """Faces in a few videos and photos; some tracks hold two faces of one frame
+    (conflicts), track names repeat across videos, some faces are untracked."""
+    faces = []
+    big = rng.random() < 0.2
+    for k in range(n):
+        media = ["v", "w", "x", "p1.jpg", "p2.jpg"][int(rng.integers(0, 5))]
+        frame = None if media.endswith(".jpg") else int(rng.integers(0, 6))
+        if big and frame is not None:
+            frame = [0, 1, 2**40, 2**62, 2**63 - 1][frame % 5]
+        track = None if rng.random() < 0.25 else ["A", "B", "C", "D"][int(rng.integers(0, 4))]
+        faces.append(Face(id=f"f{k}", media=media, frame=frame, track=track, crop="c.png"))
+    return faces
+
+
+def check_against_brute(faces: list[Face], names: list[str], policy: str) -> PairSet:
+    ps = RuleSet(names, policy=policy).apply(Manifest(faces))
+    labels = {r.name: r.label for r in ps.rules}
+    expected, conflicts = brute_apply({r: brute_rule_pairs(faces, r) for r in names}, labels, policy)
+    assert ps.i.dtype == np.int32 and ps.j.dtype == np.int32 and ps.rule.dtype == np.uint8
+    assert (np.diff(ps.rule.astype(int)) >= 0).all(), "rows are not grouped by rule in rule order"
+    assert ((ps.i < ps.j) & (ps.j < max(len(faces), 1))).all()
+    got = {r: sorted(zip(ps.select(r).i.tolist(), ps.select(r).j.tolist())) for r in names}
+    assert got == expected
+    assert ps.conflicts == conflicts
+    return ps
+
+
+@pytest.mark.parametrize("block", [1 << 20, 5])  # 5: every blockwise loop runs over many blocks
+def test_rules_match_brute_force_on_random_manifests(monkeypatch, block):
+    monkeypatch.setattr(rules_module, "BLOCK", block)
+    rng = np.random.default_rng(8)
+    seen_conflicts = 0
+    for trial in range(300):
+        faces = random_faces(rng, int(rng.integers(0, 30)))
+        names = list(rng.permutation(RULE_NAMES)[:int(rng.integers(1, 5))])
+        for policy in ("different", "drop"):
+            seen_conflicts += check_against_brute(faces, names, policy).conflicts > 0
+    assert seen_conflicts > 50  # the draws do exercise conflicts
+
+
+def test_rules_match_brute_force_on_interleaved_tracks(monkeypatch):
+    """Long tracks whose faces interleave by index (min/max per row) and tracks in index
+    order (no min/max), many co-occurring pairs, through small blocks."""
+    monkeypatch.setattr(rules_module, "BLOCK", 64)
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        n = 120
+        frame = rng.integers(0, 25, n)
+        track = rng.integers(0, 6, n) if trial % 2 else np.sort(rng.integers(0, 6, n))
+        faces = [Face(id=f"f{k}", media="v", frame=int(f), track=f"t{t}", crop="c.png")
+                 for k, (f, t) in enumerate(zip(frame, track))]
+        for policy in ("different", "drop"):
+            check_against_brute(faces, ["same-track", "same-frame", "track-cooccurrence"], policy)
+
+
+def test_empty_and_tiny_inputs():
+    for faces in ([], [Face(id="a", media="v", frame=0, track="A", crop="c")],
+                  [Face(id="a", media="p.jpg", crop="c"), Face(id="b", media="q.jpg", crop="c")]):
+        for policy in ("different", "drop"):
+            ps = check_against_brute(faces, RULE_NAMES, policy)
+            assert len(ps) == 0 and ps.nbytes == 0 and ps.counts() == dict.fromkeys(RULE_NAMES, 0)
+    cols = FaceColumns(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert len(RuleSet().apply(cols)) == 0
+    assert pairs_within_groups(np.zeros(0, np.int64)).shape == (0, 2)
+    assert pairs_across_groups(np.zeros(0, np.int64), np.zeros((0, 2), np.int64)).shape == (0, 2)
+
+
+def test_group_pairs_helpers_against_brute_force():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        keys = rng.integers(-1, 6, int(rng.integers(0, 40)))
+        got = pairs_within_groups(keys)
+        assert got.dtype == np.int32 and (got[:, 0] < got[:, 1]).all()
+        assert sorted(map(tuple, got.tolist())) == [(a, b) for a, b in combinations(range(len(keys)), 2)
+                                                   if keys[a] >= 0 and keys[a] == keys[b]]
+        groups = [g for g in range(6) if (keys == g).any()]
+        gp = np.array([(a, b) for a, b in combinations(groups, 2) if rng.random() < 0.5], np.int64).reshape(-1, 2)
+        got = pairs_across_groups(keys, gp)
+        want = sorted((min(x, y), max(x, y)) for a, b in gp.tolist()
+                      for x in np.flatnonzero(keys == a).tolist() for y in np.flatnonzero(keys == b).tolist())
+        assert got.dtype == np.int32 and sorted(map(tuple, got.tolist())) == want
+
+
+def test_columns_from_manifest_codes():
+    faces = [Face(id=f"f{k}", media=m, frame=fr, track=t, crop="c") for k, (m, fr, t) in enumerate([
+        ("v", 3, "B"), ("w", 0, "A"), ("v", 4, None), ("p.jpg", None, "B"), ("v", 5, "A"),
+        ("w", 2**63 - 1, "A"), ("v", 0, "B"), ("p.jpg", None, None)])]
+    cols = FaceColumns.from_manifest(Manifest(faces))
+    assert cols.media.tolist() == [0, 1, 0, 2, 0, 1, 0, 2]
+    assert cols.frame.tolist() == [3, 0, 4, -1, 5, 2**63 - 1, 0, -1]
+    # tracks are (media, name), numbered by first appearance: v/B, w/A, p.jpg/B, v/A
+    assert cols.track.tolist() == [0, 1, -1, 2, 3, 1, 0, -1]
+    assert all(c.dtype == np.int64 for c in (cols.media, cols.frame, cols.track))
+    faces = [Face(id=f"f{k}", media="v", frame=k, track=t, crop="c") for k, t in enumerate("xyxzy")]
+    assert FaceColumns.from_manifest(Manifest(faces)).track.tolist() == [0, 1, 0, 2, 1]
+
+
+class _Listed(Rule):
+    """A rule that only gives ``pairs`` (no rows, no contains): the sorting fallback."""
+
+    def __init__(self, name: str, label: str, pairs: list) -> None:
+        super().__init__()
+        self.name, self.label, self._pairs = name, label, np.array(pairs, np.int64).reshape(-1, 2)
+
+    def pairs(self, cols):
+        return self._pairs
+
+
+@pytest.mark.parametrize("policy", ["different", "drop"])
+def test_rules_without_contains_resolve_like_the_built_in_ones(policy):
+    rng = np.random.default_rng(11)
+    for _ in range(100):
+        faces = random_faces(rng, int(rng.integers(2, 25)))
+        n = len(faces)
+        listed = [_Listed(f"listed-{k}", label, [tuple(sorted(rng.choice(n, 2, replace=False).tolist()))
+                                                  for _ in range(int(rng.integers(0, 12)))])
+                  for k, label in enumerate(rng.choice(["same", "different"], 2))]  # duplicates possible
+        builtin = list(rng.permutation(RULE_NAMES)[:int(rng.integers(0, 5))])
+        rules = [*rules_module.parse_rules(builtin), *listed] if builtin else listed
+        rules = [rules[k] for k in rng.permutation(len(rules))]
+        ps = RuleSet(rules, policy=policy).apply(Manifest(faces))
+        per_rule = {r.name: [tuple(p) for p in r._pairs.tolist()] if isinstance(r, _Listed)
+                    else brute_rule_pairs(faces, r.name) for r in rules}
+        expected, conflicts = brute_apply(per_rule, {r.name: r.label for r in rules}, policy)
+        got = {r.name: sorted(zip(ps.select(r.name).i.tolist(), ps.select(r.name).j.tolist())) for r in rules}
+        assert got == expected and ps.conflicts == conflicts
+
+
+def test_pair_rows_counts_before_writing():
+    keys = np.array([0, 1, 0, -1, 1, 0])
+    rows = rules_module.rows_within_groups(keys)
+    assert rows.n == 4
+    i, j = np.full(4, -1, np.int32), np.full(4, -1, np.int32)
+    rows.fill(i, j)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 2), (0, 5), (1, 4), (2, 5)]
+    with pytest.raises(ValueError, match="4 rows"):
+        rows.fill(np.empty(3, np.int32), np.empty(3, np.int32))
+    assert PairRows.of(np.array([[1, 2]])).array().tolist() == [[1, 2]]
+
+
+def test_pairs_within_groups_order_with_large_groups():
+    """Groups by ascending size, then key; inside a group the np.triu_indices order; large
+    groups (written row by row) the same."""
+    rng = np.random.default_rng(2)
+    keys = rng.permutation(np.r_[np.full(1100, 7), np.full(1030, 3), np.full(3, 5), np.full(3, 1), [9, -1, -1]])
+    want = []
+    for key in (1, 5, 3, 7):  # sizes 3, 3 (by key), 1030, 1100
+        members = np.flatnonzero(keys == key)
+        a, b = np.triu_indices(len(members), 1)
+        want.append(np.stack([members[a], members[b]], 1))
+    assert np.array_equal(pairs_within_groups(keys), np.concatenate(want))

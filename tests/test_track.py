@@ -3,7 +3,10 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from scipy.optimize import linear_sum_assignment
 
 from data_tools.importers import import_crops
 from data_tools.synthetic import load_truth, make_episode
@@ -11,7 +14,8 @@ from proxytasks.cli import cli
 from proxytasks.evaluate import audit_pairs, track_quality
 from proxytasks.manifest import Face, Manifest
 from proxytasks.rules import RuleSet
-from proxytasks.track import TrackerConfig, detect_cuts, iou_matrix, link, track_manifest
+from proxytasks.errors import ProxytasksError
+from proxytasks.track import TrackerConfig, detect_cuts, frame_step, iou_matrix, link, track_manifest
 
 
 def test_iou_by_hand():
@@ -136,3 +140,221 @@ def test_adaptive_gate_groups_by_shot_and_frame_even_near_int64_max():
     # faces of one frame of one shot: (0, 1) and (3, 4); face 2 shares face 0's frame number in another shot
     expected = np.quantile([feats[0] @ feats[1], feats[3] @ feats[4]], 0.5)
     assert _adaptive_gate(frame, shot, feats, cfg) == pytest.approx(float(expected), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- link against frame by frame
+def _reference_link(frame, shot, boxes=None, features=None, cfg=None, min_similarity=None):
+    """The frame-by-frame tracker that ``link`` replaced, kept verbatim as the reference:
+    one frame of one shot at a time, the alive tracks' state in Python lists, the Hungarian
+    assignment on every frame."""
+    cfg = cfg or TrackerConfig()
+    if boxes is None and features is None:
+        raise ProxytasksError("tracking needs boxes or appearance features")
+    gate = cfg.min_similarity if min_similarity is None else min_similarity
+    reach = (cfg.max_gap + 1) * frame_step(frame)
+    n = len(frame)
+    track = np.full(n, -1, dtype=np.int64)
+    linked = np.zeros(n, dtype=bool)
+    order = np.lexsort((frame, shot))
+    bounds = np.flatnonzero(np.r_[True, (np.diff(frame[order]) != 0) | (np.diff(shot[order]) != 0), True])
+    t_frame, t_shot, t_box, t_vel, t_feat = [], [], [], [], []
+    alive = []
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        dets = order[s:e]
+        f, sh = int(frame[dets[0]]), int(shot[dets[0]])
+        alive = [t for t in alive if t_shot[t] == sh and f - t_frame[t] <= reach]
+        pairs = []
+        if alive:
+            valid = np.ones((len(alive), len(dets)), dtype=bool)
+            score = np.zeros((len(alive), len(dets)))
+            if boxes is not None:
+                dt = np.array([f - t_frame[t] for t in alive], dtype=float)[:, None]
+                last = np.stack([t_box[t] for t in alive])
+                pred = last + np.stack([t_vel[t] for t in alive]) * dt
+                iou = np.maximum(iou_matrix(pred, boxes[dets]), iou_matrix(last, boxes[dets]))
+                valid &= iou >= cfg.min_iou
+                score += iou
+            if features is not None:
+                sim = np.stack([t_feat[t] for t in alive]) @ features[dets].T
+                valid &= sim >= gate
+                score += sim
+            rows, cols = linear_sum_assignment(np.where(valid, -score, 1e6))
+            pairs = [(alive[r], dets[c]) for r, c in zip(rows, cols) if valid[r, c]]
+        matched = set()
+        for t, d in pairs:
+            if boxes is not None:
+                t_vel[t] = (boxes[d] - t_box[t]) / max(f - t_frame[t], 1)
+                t_box[t] = boxes[d]
+            if features is not None:
+                v = cfg.appearance_momentum * t_feat[t] + (1 - cfg.appearance_momentum) * features[d]
+                t_feat[t] = v / max(np.linalg.norm(v), 1e-12)
+            t_frame[t] = f
+            track[d] = t
+            linked[d] = True
+            matched.add(d)
+        for d in dets:
+            if d in matched:
+                continue
+            track[d] = len(t_frame)
+            alive.append(track[d])
+            t_frame.append(f)
+            t_shot.append(sh)
+            t_box.append(boxes[d] if boxes is not None else np.zeros(4))
+            t_vel.append(np.zeros(4))
+            t_feat.append(features[d] if features is not None else np.zeros(0))
+    return track, linked
+
+
+def _random_scene(seed, mode):
+    """Shots of people moving with their own velocity (crowded or sparse, some boxes on a
+    coarse grid so that IoUs tie), noisy appearance vectors, missed detections, sampled
+    frames, shots of any length; sometimes shot labels that ignore time, shuffled ids."""
+    rng = np.random.default_rng(seed)
+    step = int(rng.choice([1, 1, 2, 5]))
+    dim = int(rng.choice([2, 8, 32]))
+    frames, shots, boxes, feats = [], [], [], []
+    start = 0
+    for s in range(int(rng.integers(1, 8))):
+        length, people = int(rng.integers(1, 40)), int(rng.integers(1, 9))
+        size = rng.uniform(10, 60, people)
+        x0 = rng.uniform(0, float(rng.choice([80, 200, 600])), (people, 2))
+        v = rng.normal(0, rng.choice([0.5, 3.0, 8.0]), (people, 2))
+        ident = rng.standard_normal((people, dim))
+        for p in range(people):
+            b0 = int(rng.integers(0, length))
+            for k in range(b0, int(rng.integers(b0, length)) + 1):
+                if rng.random() < 0.15:
+                    continue
+                xy = x0[p] + v[p] * k + rng.normal(0, 1.5, 2)
+                frames.append(start + k * step)
+                shots.append(s)
+                boxes.append([xy[0], xy[1], size[p], 1.2 * size[p]])
+                feats.append(ident[p] + rng.normal(0, 0.8, dim))
+        start += (length + int(rng.integers(0, 4))) * step
+    n = len(frames)
+    frame, shot = np.array(frames, dtype=np.int64), np.array(shots, dtype=np.int64)
+    box = np.array(boxes, dtype=np.float64).reshape(n, 4)
+    if rng.random() < 0.3:
+        box = np.round(box / 4) * 4
+        box[:, 2:] = np.maximum(box[:, 2:], 4)
+    feat = np.array(feats, dtype=rng.choice([np.float32, np.float64])).reshape(n, dim)
+    feat /= np.linalg.norm(feat, axis=1, keepdims=True)
+    if rng.random() < 0.3:  # any shot per detection, even inconsistent within a frame
+        shot = rng.integers(0, 3, n).astype(np.int64)
+    if rng.random() < 0.2:  # shot ids neither dense nor in time order
+        shot = shot * 7919 % 13 - 5
+    cfg = TrackerConfig(max_gap=int(rng.integers(0, 4)), min_iou=float(rng.choice([0.0, 0.1, 0.2, 0.5])),
+                        min_similarity=float(rng.choice([-1.0, 0.0, 0.3, 0.6])),
+                        appearance_momentum=float(rng.choice([0.0, 0.7, 0.95])))
+    perm = rng.permutation(n)
+    return (frame[perm], shot[perm], box[perm] if mode != "features" else None,
+            feat[perm] if mode != "boxes" else None, cfg)
+
+
+def _assert_same_as_reference(frame, shot, boxes, features, cfg, min_similarity=None):
+    track, linked = link(frame, shot, boxes, features, cfg, min_similarity)
+    ref_track, ref_linked = _reference_link(frame, shot, boxes, features, cfg, min_similarity)
+    assert track.tolist() == ref_track.tolist()
+    assert linked.tolist() == ref_linked.tolist()
+
+
+@pytest.mark.parametrize("mode", ["boxes", "features", "both"])
+@pytest.mark.parametrize("seed", range(40))
+def test_link_equals_frame_by_frame_reference(seed, mode):
+    _assert_same_as_reference(*_random_scene(seed, mode))
+
+
+def test_link_equals_reference_on_many_crowded_shots(monkeypatch):
+    """Many shots in lockstep, crowded enough that both ways of matching run: pairs
+    accepted directly, and shots whose contested pairs go to the Hungarian assignment."""
+    import proxytasks.track as track_module
+
+    calls = []
+
+    def counting(cost):
+        calls.append(cost.shape)
+        return linear_sum_assignment(cost)
+
+    monkeypatch.setattr(track_module, "linear_sum_assignment", counting)
+    parts = [_random_scene(seed, "both") for seed in range(100, 140)]
+    offset = np.cumsum([0] + [int(p[1].max()) - int(p[1].min()) + 1 for p in parts])
+    frame = np.concatenate([p[0] for p in parts])
+    shot = np.concatenate([p[1] - p[1].min() + o for p, o in zip(parts, offset)])
+    boxes = np.concatenate([p[2] for p in parts])
+    features = np.concatenate([p[3][:, :2].astype(np.float64) for p in parts])
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    cfg = TrackerConfig(max_gap=2, min_iou=0.1)
+    for feats in (None, features):
+        calls.clear()
+        _assert_same_as_reference(frame, shot, boxes, feats, cfg)
+        _, linked = link(frame, shot, boxes, feats, cfg)
+        assert 0 < len(calls) < len(np.unique(np.c_[shot, frame], axis=0)) and linked.sum() > len(calls)
+
+
+@st.composite
+def _grid_detections(draw):
+    """Detections on a coarse grid, many exact ties of IoU and similarity."""
+    n = draw(st.integers(1, 50))
+    frame = np.array(draw(st.lists(st.integers(0, 20), min_size=n, max_size=n)), dtype=np.int64)
+    shot = np.array(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), dtype=np.int64)
+    if draw(st.booleans()):
+        shot = np.searchsorted([5, 12], frame, side="right").astype(np.int64)
+    xy = draw(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 30), st.integers(1, 30)),
+                       min_size=n, max_size=n))
+    boxes = np.array(xy, dtype=np.float64) if draw(st.booleans()) else None
+    features = None
+    if boxes is None or draw(st.booleans()):
+        raw = np.array(draw(st.lists(st.tuples(st.integers(-3, 3), st.integers(-3, 3)), min_size=n, max_size=n)),
+                       dtype=np.float64) + 0.5
+        features = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    cfg = TrackerConfig(max_gap=draw(st.integers(0, 3)), min_iou=draw(st.sampled_from([0.0, 0.2])),
+                        min_similarity=draw(st.sampled_from([-1.0, 0.3])))
+    return frame, shot, boxes, features, cfg
+
+
+@settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200)
+@given(dets=_grid_detections())
+def test_link_equals_reference_with_ties(dets):
+    _assert_same_as_reference(*dets)
+
+
+def test_link_equals_reference_with_ties_seeded():
+    """As above, seeded: grid boxes and 2-d grid features tie often, so even the rounding
+    of the similarity products must be the reference's for the same assignments."""
+    for seed in range(400):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(1, 61))
+        frame = rng.integers(0, 26, n)
+        if rng.random() < 0.5:
+            shot = np.searchsorted(np.sort(rng.integers(1, 26, rng.integers(0, 5))), frame, side="right")
+        else:
+            shot = rng.integers(0, 4, n)
+        boxes = None
+        if rng.random() < 0.5:
+            boxes = np.c_[rng.integers(0, 61, (n, 2)), rng.integers(1, 41, (n, 2))].astype(np.float64)
+        features = None
+        if boxes is None or rng.random() < 0.5:
+            raw = rng.integers(-3, 4, (n, 2)) + 0.5
+            features = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+        _assert_same_as_reference(frame, shot, boxes, features,
+                                  TrackerConfig(max_gap=int(rng.integers(0, 5)), min_similarity=-1.0))
+
+
+def test_link_with_a_given_gate_and_sampled_frames_equals_reference():
+    frame, shot, boxes, features, cfg = _random_scene(7, "both")
+    _assert_same_as_reference(frame * 5 + 100, shot, boxes, features, cfg, min_similarity=0.45)
+    frame, shot, boxes, features, cfg = _random_scene(8, "features")
+    _assert_same_as_reference(frame, shot, boxes, features.astype(np.float32), cfg, min_similarity=0.2)
+
+
+def test_link_without_detections_and_without_inputs():
+    track, linked = link(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, 4)))
+    assert track.shape == linked.shape == (0,)
+    with pytest.raises(ProxytasksError):
+        link(np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64))
+
+
+def test_frame_step_is_the_median_gap_of_distinct_frames():
+    assert frame_step(np.array([0, 5, 5, 10, 20, 15, 15])) == 5
+    assert frame_step(np.array([3, 3])) == 1
+    assert frame_step(np.array([0, 2, 3, 10])) == 2
