@@ -15,15 +15,20 @@ How a sweep runs:
    in seeded random order) until ``f`` of them are in, so a kept face keeps its constraints;
    ``pairs`` is the number of rule pairs among them.
 2. **Probe.** Per backbone, on this device: the trunk's seconds per face (two small passes
-   over real faces give the start-up and the per-face time), ``train``'s fixed cost and
-   seconds per step (two short runs on stand-in features), and the same for the joint
-   fine-tuning of the ``global`` strategy.
+   over real faces, after an untimed warm-up, give the start-up and the per-face time),
+   ``train``'s fixed cost and seconds per step (two short runs on stand-in features), and
+   the same for the joint fine-tuning of the ``global`` strategy.
 3. **Candidates.** Strategy (:data:`proxytasks.systems.STRATEGIES`) x backbone x pair
    fraction x steps x schedule. A configuration's predicted cost is what it would take
    alone: trunk passes over its faces, training, the joint fine-tuning. Those predicted over
    a budget are skipped for it; of the rest, up to ``max_configs`` are sampled (seeded,
    favouring configurations that use more of the budget; the cheap ``independent`` ones
-   always).
+   always). The prediction is refined by every measurement: a trunk pass costs the
+   least-squares line (start-up + faces x seconds per face) through all the passes of its
+   backbone so far, and training and fine-tuning cost their probed time times the median
+   measured / predicted ratio of the last three pieces of work, so a machine that slows
+   down (other jobs) or speeds up is followed. Each configuration's prediction is recorded
+   just before it runs, and one predicted over its budget by then is skipped.
 4. **Run.** Budgets in increasing order; each has its own seconds of wall time to spend,
    plus what the earlier ones left (the probe is paid from the largest). Trunk features are
    computed once per backbone and face and shared: in the sweep's clock a configuration pays
@@ -32,8 +37,8 @@ How a sweep runs:
    the best checkpoint by a label-free validation score) runs on the precomputed features with
    the rest of the budget as its time budget.
 5. **Record.** For each configuration run: predicted and actual seconds (actual: its face
-   passes at the measured seconds per face of its backbone's passes in this sweep, plus its
-   measured training and fine-tuning time), and the error on the test faces: ``1 - naming
+   passes at the final line through all its backbone's passes in this sweep, since trunk
+   outputs are shared, plus its measured training and fine-tuning time), and the error on the test faces: ``1 - naming
    accuracy`` at ``shots`` names per person (mean of ``repeats`` seeded draws) when faces
    carry ``identity``, each face named by the naming head alone (carrying names along tracks
    would hide the differences between embeddings), else ``1 - ROC-AUC`` of held-out must- vs
@@ -135,13 +140,14 @@ class SweepSettings:
 
 class _Store:
     """Trunk outputs (pooled features or prefix activations) per view and face, each
-    computed once, with the seconds spent on them."""
+    computed once, with the time of every pass (faces, seconds) that computed them."""
 
-    def __init__(self, compute: Callable[[np.ndarray, str], np.ndarray], n: int) -> None:
-        self.compute, self.n = compute, n
+    def __init__(self, compute: Callable[[np.ndarray, str], np.ndarray], n: int,
+                 observe: Callable[[float, float], None] | None = None) -> None:
+        self.compute, self.n, self.observe = compute, n, observe
         self.data: dict[str, np.ndarray] = {}
         self.done: dict[str, np.ndarray] = {}
-        self.seconds, self.count = 0.0, 0
+        self.passes: list[tuple[int, float]] = []
 
     def missing(self, view: str, idx: np.ndarray) -> int:
         done = self.done.get(view)
@@ -154,17 +160,35 @@ class _Store:
         if len(need):
             t0 = time.perf_counter()
             out = self.compute(need, view)
-            self.seconds += time.perf_counter() - t0
-            self.count += len(need)
+            seconds = time.perf_counter() - t0
+            if self.observe is not None and self.passes:
+                self.observe(seconds, self.pass_s(len(need)))
+            self.passes.append((len(need), seconds))
             if view not in self.data:
                 self.data[view] = np.zeros((self.n,) + out.shape[1:], dtype=out.dtype)
             self.data[view][need] = out
             self.done[view][need] = True
         return self.data[view][idx]
 
-    def rate(self, fallback: float) -> float:
-        """Measured seconds per face and view (``fallback`` before any pass)."""
-        return self.seconds / self.count if self.count else fallback
+    def fit(self, fallback: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
+        """(start-up, seconds per face) of one pass, least squares over the passes so far;
+        ``fallback`` before any pass (and its start-up while all passes have one size)."""
+        if not self.passes:
+            return fallback
+        n, sec = (np.array(v, dtype=float) for v in zip(*self.passes))
+        if len(set(n)) >= 2:
+            slope, icept = np.polyfit(n, sec, 1)
+            if slope > 0 and icept >= 0:
+                return float(icept), float(slope)
+            if slope > 0:  # a negative start-up: a line through zero
+                return 0.0, float((n * sec).sum() / (n * n).sum())
+        startup = min(fallback[0], float(sec.min()))
+        return startup, float(max((sec - startup).sum() / n.sum(), 1e-6))
+
+    def pass_s(self, faces: int, fallback: tuple[float, float] = (0.0, 0.0)) -> float:
+        """Seconds of one pass over ``faces`` faces, at :meth:`fit`."""
+        startup, face = self.fit(fallback)
+        return startup + faces * face if faces else 0.0
 
 
 def scenes_order(pairs: PairSet, train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,6 +246,7 @@ class _Sweep:
         self.runs: dict[Candidate, tuple[Path, dict[str, Any]]] = {}
         self.results: dict[Candidate, dict[str, Any]] = {}
         self.eval_s = 1.0  # running estimate of one evaluation's seconds
+        self.slowdown: list[float] = []  # measured / predicted seconds of each piece of work since the probe
 
     def _naming_possible(self) -> bool:
         from .metrics import few_shot_draw
@@ -252,24 +277,19 @@ class _Sweep:
                                   self.device)[0].astype(np.float16)
 
         store = self.stores[backbone] = _Store(pooled, len(self.m))
+        pooled(self.test[:2], "plain")  # warm-up (first-call costs of the trunk and its kernels), not timed
         a, b = (min(k, len(self.test)) for k in PROBE_FACES)
-        ta = self._timed(store, self.test[:a])
-        tb = self._timed(store, self.test[a:b]) if b > a else ta
-        cost.face_s = max((tb - ta) / max(b - 2 * a, 1), 1e-5) if b > 2 * a else tb / max(b - a, 1)
-        cost.startup_s = max(ta - a * cost.face_s, 0.0)
+        store.get("plain", self.test[:a])
+        store.get("plain", self.test[a:b])
+        cost.startup_s, cost.face_s = store.fit()
         cost.train_s, cost.step_s = self._probe_train(backbone, emb.in_dim)
         if "global" in strategies:
             cost.joint_s, cost.joint_step_s = self._probe_joint(backbone)
         self.costs[backbone] = cost
+        store.observe = self.observe
         logger.info("probe %s: %.1f faces/s, train %.2f s + %.1f ms/step, joint %.2f s + %.1f ms/step", backbone,
                     1 / cost.face_s, cost.train_s, 1e3 * cost.step_s, cost.joint_s, 1e3 * cost.joint_step_s)
         return cost
-
-    @staticmethod
-    def _timed(store: _Store, idx: np.ndarray) -> float:
-        t0 = time.perf_counter()
-        store.get("plain", idx)
-        return time.perf_counter() - t0
 
     def _probe_train(self, backbone: str, in_dim: int) -> tuple[float, float]:
         from .train import TrainConfig, train
@@ -314,7 +334,7 @@ class _Sweep:
                 return prefix_features(emb, self._sub(idx), (view,), s.batch_size, s.workers, s.seed, False,
                                        self.device)[0]
 
-            self.prefixes[backbone] = _Store(compute, len(self.m))
+            self.prefixes[backbone] = _Store(compute, len(self.m), self.observe)
         return self.prefixes[backbone]
 
     def _joint_pairs(self, idx: np.ndarray, n_train: int) -> PairSet:
@@ -335,38 +355,55 @@ class _Sweep:
             out += [(store, "plain", self.test, "prefix")] + [(store, v, tf, "prefix") for v in VIEWS]
         return out
 
-    def predicted(self, c: Candidate) -> float:
-        """Seconds ``c`` would take alone on this device."""
+    def observe(self, measured: float, predicted: float) -> None:
+        """Record how long a piece of work (a trunk pass, a training) took against its prediction."""
+        if predicted > 0:
+            self.slowdown.append(measured / predicted)
+
+    def factor(self) -> float:
+        """How much slower than its probe this device runs now: the median of the last three
+        measured / predicted ratios (1 before any), so predictions follow a changing load."""
+        return float(np.median(self.slowdown[-3:])) if self.slowdown else 1.0
+
+    def _pass_s(self, c: Candidate, store: _Store | None, faces: int) -> float:
+        """Seconds of a trunk pass over ``faces`` faces: the fit of its store's passes so far
+        (before the first prefix pass, the pooled trunk's probe)."""
         k = self.costs[c.backbone]
-        total = k.create_s if c.strategy == "independent" else 0.0
-        for _, _, faces, _ in self._passes(c):
-            total += k.startup_s + len(faces) * k.face_s
-        if c.strategy != "independent":
-            total += k.train_s + c.steps * k.step_s
-        if c.strategy == "global":
-            total += k.joint_s + c.joint_steps * k.joint_step_s
-        return total
+        if store is None:
+            return (k.startup_s + faces * k.face_s) * self.factor() if faces else 0.0
+        return store.pass_s(faces, (k.startup_s, k.face_s))
+
+    def _train_s(self, c: Candidate) -> float:
+        k = self.costs[c.backbone]
+        return (k.train_s + c.steps * k.step_s) * self.factor() if c.strategy != "independent" else 0.0
+
+    def _joint_s(self, c: Candidate) -> float:
+        k = self.costs[c.backbone]
+        return (k.joint_s + c.joint_steps * k.joint_step_s) * self.factor() if c.strategy == "global" else 0.0
+
+    def predicted(self, c: Candidate) -> float:
+        """Seconds ``c`` would take alone on this device, predicted from the probe and every
+        measurement since: trunk passes at the fit of the backbone's passes, training and the
+        joint fine-tuning at their probed costs times :meth:`factor`."""
+        total = self.costs[c.backbone].create_s if c.strategy == "independent" else 0.0
+        total += sum(self._pass_s(c, store, len(faces)) for store, _, faces, _ in self._passes(c))
+        return total + self._train_s(c) + self._joint_s(c)
 
     def incremental(self, c: Candidate) -> float:
         """Seconds of the sweep's clock ``c`` still needs (shared work already done is free)."""
-        k = self.costs[c.backbone]
         total = self.eval_s
         for store, view, faces, _ in self._passes(c):
-            missing = len(faces) if store is None else store.missing(view, faces)
-            total += (k.startup_s + missing * k.face_s) if missing else 0.0
-        if c.strategy != "independent" and c.base not in self.runs:
-            total += k.train_s + c.steps * k.step_s
-        if c.strategy == "global":
-            total += self.s.repeats * (k.joint_s + c.joint_steps * k.joint_step_s)
-        return total
+            total += self._pass_s(c, store, len(faces) if store is None else store.missing(view, faces))
+        if c.base not in self.runs:
+            total += self._train_s(c)
+        return total + self.s.repeats * self._joint_s(c)
 
     def actual(self, c: Candidate) -> tuple[float, float]:
-        """(actual seconds, of which trunk passes) of ``c`` at this sweep's measured rates."""
-        k = self.costs[c.backbone]
-        feature = k.create_s if c.strategy == "independent" else 0.0
-        for _, view, faces, kind in self._passes(c):
-            store = (self.stores if kind == "pooled" else self.prefixes)[c.backbone]
-            feature += len(faces) * store.rate(k.face_s)
+        """(actual seconds, of which trunk passes) of ``c``: its passes at the final fit of its
+        backbone's passes, plus its measured training and fine-tuning time."""
+        feature = self.costs[c.backbone].create_s if c.strategy == "independent" else 0.0
+        for _, _, faces, kind in self._passes(c):
+            feature += self._pass_s(c, (self.stores if kind == "pooled" else self.prefixes)[c.backbone], len(faces))
         res = self.results[c]
         return feature + res["train_s"] + res.get("joint_s", 0.0), feature
 
@@ -393,8 +430,7 @@ class _Sweep:
             vectors = head_vectors(embedder, test_feats)
         t1 = time.perf_counter()
         if c.strategy == "global":
-            k = self.costs[c.backbone]
-            rest = budget - self.predicted(c) + k.joint_s + c.joint_steps * k.joint_step_s
+            rest = budget - self.predicted(c) + self._joint_s(c)
             res["error"] = self._error(self._global_namer(c, embedder, rest, joint), vectors)
             res["joint_s"] = float(np.mean([j["seconds"] for j in joint]))
             t1 += sum(j["seconds"] for j in joint)
@@ -415,12 +451,13 @@ class _Sweep:
         store = self.stores[c.backbone]
         feats = np.stack([store.get(v, tf) for v in VIEWS]).astype(np.float32)
         k = self.costs[c.backbone]
-        passes = 2 * k.startup_s + 2 * len(tf) * k.face_s + k.startup_s + len(self.test) * k.face_s
+        passes = len(VIEWS) * store.pass_s(len(tf)) + store.pass_s(len(self.test))
         cfg = TrainConfig(backbone=c.backbone, views=VIEWS, steps=c.steps, lr_schedule=c.lr_schedule,
                           time_budget=max(budget - passes, 1.0), seed=self.s.seed, device=self.device)
         run = self.work / f"run_{len(self.runs)}"
         ps = self.pairs.restrict(tf)
         summary = dict(train(self._sub(tf), ps, run, cfg, progress=False, features=feats), faces=len(tf))
+        self.observe(summary["seconds"], k.train_s + summary["steps"] * k.step_s)
         summary["pairs"] = int(len(ps.unique()[0]))
         self.runs[c] = (run, summary)
         return self.runs[c]
@@ -439,6 +476,8 @@ class _Sweep:
             cfg = GlobalConfig(steps=c.joint_steps, time_budget=max(budget, 1.0), seed=seed, device=self.device)
             tuned, summary = fine_tune_global(embedder, prefix, ps, {len(tf) + i: n for i, n in named.items()},
                                               cfg, progress=False)
+            k = self.costs[c.backbone]
+            self.observe(summary["seconds"], k.joint_s + summary["steps"] * k.joint_step_s)
             joint.append(summary)
             return self._name(suffix_vectors(tuned, prefix[0, len(tf):]), named, seed)
 
@@ -557,15 +596,15 @@ def budget_sweep(manifest: Manifest, pairs: PairSet, out: str | os.PathLike, set
             configs = []
             bar = tqdm(chosen, desc=f"budget {budget:g} s", unit="config", disable=not progress)
             for c in bar:
-                need = sw.incremental(c)
+                need, predicted = sw.incremental(c), sw.predicted(c)  # recorded before the run
                 spent = time.perf_counter() - clock
-                if need > left - spent:
-                    configs.append(_row(c, None, sw.predicted(c),
-                                        reason=f"needs about {need:.0f} s of the {max(left - spent, 0):.0f} s "
-                                               "left for this budget"))
+                if predicted > budget or need > left - spent:
+                    reason = (f"predicted {predicted:.0f} s by now, over the budget" if predicted > budget else
+                              f"needs about {need:.0f} s of the {max(left - spent, 0):.0f} s left for this budget")
+                    configs.append(_row(c, None, predicted, reason=reason))
                     continue
                 res = sw.run(c, budget)
-                configs.append(_row(c, res, sw.predicted(c)))
+                configs.append(_row(c, res, predicted))
                 bar.set_postfix(error=f"{res['error']:.3f}")
             left -= time.perf_counter() - clock
             rows[f"{budget:g}"] = {"configs": configs, "seconds": round(time.perf_counter() - clock, 3),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import click
@@ -358,7 +359,10 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
               head: str, dim: int, input_size: int, loss: str, init: str, steps: int | None,
               epochs: float | None, time_budget: float | None, lr: float, lr_schedule: str, seed: int,
               device: str, workers: int, resume: bool) -> None:
-    """Train a face embedding on the rule PAIRS of MANIFEST (Siamese, within a time budget)."""
+    """Train a face embedding on the rule PAIRS of MANIFEST (Siamese, within a time budget).
+
+    On several processes: torchrun --nproc_per_node N -m proxytasks train ... (the same
+    result as one process; rank 0 writes the run folder)."""
     from .manifest import Manifest
     from .pairs import PairSet
     from .train import TrainConfig, train
@@ -369,6 +373,8 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
                       loss=loss, init=init, steps=steps, epochs=epochs, time_budget=time_budget, lr=lr,
                       lr_schedule=lr_schedule, seed=seed, device=device, workers=workers)
     summary = train(m, ps, out, cfg, resume=resume, progress=_progress(ctx))
+    if int(os.environ.get("RANK", "0") or 0):  # under torchrun, rank 0 reports
+        return
     click.echo(f"wrote {out}: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['stopped']}), "
                f"selected {summary['selected']}")
     for name, score in summary["scores"].items():
@@ -386,19 +392,40 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
               help="Reuse the chunks a killed run left in OUT.partial/ (same model, device kind and faces).")
 @click.option("--chunk-size", type=click.IntRange(1), default=4096, show_default=True,
               help="Faces per resumable chunk (rounded up to whole batches).")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Embed only block I of N of the faces (from 0), e.g. as one job of a cluster array; "
+                   "then merge-embeddings or index the N files.")
 @click.pass_context
 def embed(ctx: click.Context, run: Path, manifest: Path, out: Path, batch_size: int, workers: int,
-          device: str, resume: bool, chunk_size: int) -> None:
+          device: str, resume: bool, chunk_size: int, shard: str | None) -> None:
     """Embed every face of MANIFEST with the model in RUN (resumable: see --resume)."""
-    from .embed import embed_to_file
+    from .embed import embed_to_file, parse_shard, shard_manifest
     from .embedder import Embedder
     from .manifest import Manifest
     from .models import select_device
 
+    where = parse_shard(shard) if shard is not None else None
     m = Manifest.read(manifest)
-    emb = embed_to_file(Embedder.load(run), m, out, batch_size, workers, _progress(ctx),
-                        str(select_device(device)), resume=resume, chunk_size=chunk_size)
-    click.echo(f"wrote {out}: {emb.vectors.shape[0]} faces x {emb.vectors.shape[1]} dims")
+    embedder = Embedder.load(run)
+    extra = {}
+    if where is not None:
+        m, extra["shard"] = shard_manifest(m, *where)
+    emb = embed_to_file(embedder, m, out, batch_size, workers, _progress(ctx), str(select_device(device)),
+                        resume=resume, chunk_size=chunk_size, meta=extra)
+    part = f" (shard {shard} of {extra['shard']['faces']} faces)" if extra else ""
+    click.echo(f"wrote {out}: {emb.vectors.shape[0]} faces x {emb.vectors.shape[1]} dims{part}")
+
+
+@cli.command("merge-embeddings")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Embeddings file (.npz).")
+def merge_embeddings(shards: tuple[Path, ...], out: Path) -> None:
+    """Join the SHARDS that `embed --shard I/N` wrote into the embeddings of the whole manifest."""
+    from .embed import Embeddings, merge_shards
+
+    e = merge_shards([Embeddings.load(p) for p in shards], [str(p) for p in shards])
+    e.save(out)
+    click.echo(f"wrote {out}: {e.vectors.shape[0]} faces x {e.vectors.shape[1]} dims from {len(shards)} shards")
 
 
 def _numbers(value: str, what: str, kind: type = int) -> list:
@@ -533,25 +560,32 @@ def budget(ctx: click.Context, manifest: Path, out: Path, budgets: str, pairs: P
 
 # --------------------------------------------------------------------------- index, clusters, names
 @cli.command()
-@click.argument("emb", type=click.Path(path_type=Path))
+@click.argument("emb", metavar="EMB...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Index folder.")
 @click.option("--factory", default=None, help="faiss factory string (default: chosen from size and memory).")
 @click.option("--memory-gb", default=4.0, show_default=True, help="Memory budget for the automatic choice.")
 @click.option("--add", is_flag=True, help="Add the faces of EMB that are new to an existing index.")
-def index(emb: Path, out: Path, factory: str | None, memory_gb: float, add: bool) -> None:
-    """Build a FAISS index over the embeddings EMB (index_infos.json beside it)."""
-    from .embed import Embeddings
+@click.option("--device", default="auto", show_default=True,
+              help="cuda: train and search the index on the GPU where faiss has GPU support (auto: when present).")
+def index(emb: tuple[Path, ...], out: Path, factory: str | None, memory_gb: float, add: bool, device: str) -> None:
+    """Build a FAISS index over the embeddings EMB (index_infos.json beside it).
+
+    EMB is one embeddings file, or the shard files of one `embed --shard I/N` run (all N)."""
+    from .embed import load_embeddings
     from .index import FaceIndex
 
-    e = Embeddings.load(emb)
+    e = load_embeddings(emb)
+    named = emb[0] if len(emb) == 1 else f"the shards {emb[0]}..."
     if add:
-        idx = FaceIndex.load(out)
-        idx.check_source(e.meta, e.vectors.shape[1], emb, out)
-        new = [k for k, face_id in enumerate(e.ids) if face_id not in set(idx.ids)]
+        idx = FaceIndex.load(out, device=device)
+        idx.check_source(e.meta, e.vectors.shape[1], named, out)
+        known = set(idx.ids)
+        new = [k for k, face_id in enumerate(e.ids) if face_id not in known]
         idx.add(e.vectors[new], [e.ids[k] for k in new])
         click.echo(f"added {len(new)} faces")
     else:
-        idx = FaceIndex.build(e.vectors, e.ids, factory=factory, memory_budget_gb=memory_gb, source=e.meta)
+        idx = FaceIndex.build(e.vectors, e.ids, factory=factory, memory_budget_gb=memory_gb, source=e.meta,
+                              device=device)
     idx.save(out)
     click.echo(f"wrote {out}: {idx.factory}, {len(idx)} faces x {idx.dim} dims")
 
@@ -561,12 +595,13 @@ def index(emb: Path, out: Path, factory: str | None, memory_gb: float, add: bool
 @click.argument("emb", type=click.Path(path_type=Path))
 @click.option("--id", "face_ids", multiple=True, required=True, help="Face id to query (repeatable).")
 @click.option("-k", default=10, show_default=True, help="Neighbours per query.")
-def search(index_dir: Path, emb: Path, face_ids: tuple[str, ...], k: int) -> None:
+@click.option("--device", default="auto", show_default=True, help="cuda: search on the GPU where faiss has GPU support.")
+def search(index_dir: Path, emb: Path, face_ids: tuple[str, ...], k: int, device: str) -> None:
     """The k nearest faces in INDEX of the given faces of EMB."""
     from .embed import Embeddings
     from .index import FaceIndex
 
-    idx, e = FaceIndex.load(index_dir), Embeddings.load(emb)
+    idx, e = FaceIndex.load(index_dir, device=device), Embeddings.load(emb)
     idx.check_source(e.meta, e.vectors.shape[1], emb, index_dir)
     pos = {face_id: i for i, face_id in enumerate(e.ids)}
     missing = [f for f in face_ids if f not in pos]
@@ -587,7 +622,10 @@ def search(index_dir: Path, emb: Path, face_ids: tuple[str, ...], k: int) -> Non
 @click.option("-k", default=10, show_default=True, help="Neighbours per track in the kNN graph.")
 @click.option("--threshold", type=float, default=None, help="Similarity to merge (default: from cannot-link violations).")
 @click.option("--seed", default=0, show_default=True)
-def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold: float | None, seed: int) -> None:
+@click.option("--device", default="auto", show_default=True, help="cuda: the kNN graph on the GPU where faiss has GPU "
+              "support.")
+def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold: float | None, seed: int,
+            device: str) -> None:
     """Cluster faces into people: tracks kept whole, cannot-linked faces kept apart."""
     from .cluster import cluster_faces, constraint_arrays, write_clusters
     from .embed import Embeddings
@@ -601,7 +639,8 @@ def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold
     if e.ids != ids:
         raise ProxytasksError(f"{emb} does not hold the faces of {manifest} in order; embed that manifest")
     groups, cannot = constraint_arrays(m, PairSet.load(pairs, face_ids=ids))
-    result = cluster_faces(e.vectors, groups=groups, cannot_links=cannot, k=k, threshold=threshold, seed=seed)
+    result = cluster_faces(e.vectors, groups=groups, cannot_links=cannot, k=k, threshold=threshold, seed=seed,
+                           device=device)
     write_clusters(out, ids, result.labels)
     click.echo(f"wrote {out}: {result.labels.max() + 1} clusters at threshold {result.threshold:.4f}")
     _echo_report(cluster_report(m, result.labels))

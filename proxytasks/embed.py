@@ -29,6 +29,7 @@ from .errors import ProxytasksError
 from .fileio import atomic_write
 from .manifest import Face, Manifest
 from .media import read_image
+from .models import autocast, to_device
 from .pairs import ids_digest
 
 logger = logging.getLogger(__name__)
@@ -68,10 +69,11 @@ class FaceDataset(Dataset):
     """Faces of a manifest under one view, transformed for the trunk."""
 
     def __init__(self, manifest: Manifest, transform: Any, view: str = "plain", seed: int = 0,
-                 aligner: Any = None) -> None:
+                 aligner: Any = None, first: int = 0) -> None:
         if view not in VIEWS:
             raise ProxytasksError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
         self.manifest, self.transform, self.view, self.seed = manifest, transform, view, seed
+        self.first = first  # the position of the manifest's first face in the whole set (a shard's start)
         self.aligner = aligner
         self._augment = _augment() if view == "augment" else None
 
@@ -83,7 +85,7 @@ class FaceDataset(Dataset):
         if self.view == "flip":
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         elif self._augment is not None:
-            torch.manual_seed(self.seed * 1_000_003 + i)  # the same augmentation on every run
+            torch.manual_seed(self.seed * 1_000_003 + self.first + i)  # the same augmentation on every run
             img = self._augment(img)
         return self.transform(img)
 
@@ -98,12 +100,13 @@ def unwrap_worker_error(e: ProxytasksError) -> ProxytasksError:
 def trunk_features(embedder: Embedder, manifest: Manifest, views: Sequence[str] = ("plain",),
                    batch_size: int = 64, workers: int = 1, seed: int = 0, progress: bool = True,
                    device: str = "cpu", module: torch.nn.Module | None = None, dtype: Any = np.float32,
-                   desc: str = "features") -> np.ndarray:
+                   desc: str = "features", first: int = 0) -> np.ndarray:
     """Pooled trunk features, shape (len(views), faces, in_dim) (bf16 autocast on CUDA).
 
     ``module``: another network to run on the embedder's inputs instead of its trunk (a
     part of it, as :func:`proxytasks.systems.prefix_features` does); its outputs of any
-    shape are stacked the same way, as ``dtype``.
+    shape are stacked the same way, as ``dtype``. ``first``: where ``manifest`` starts in
+    the whole set when it is a block of it (the seeded augmentations follow the face).
     """
     out = None if len(manifest) else np.zeros((len(views), 0, embedder.in_dim), dtype=dtype)
     if out is not None and module is not None:
@@ -121,16 +124,15 @@ def trunk_features(embedder: Embedder, manifest: Manifest, views: Sequence[str] 
                            "%s expects aligned chips", plan["crop"], len(manifest), embedder.backbone)
     bar = tqdm(total=len(views) * len(manifest), desc=desc, unit="face", disable=not progress)
     cuda = torch.device(device).type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     try:
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), autocast(device):
             for v, view in enumerate(views):
-                loader = DataLoader(FaceDataset(manifest, transform, view, seed, aligner), batch_size=batch_size,
-                                    num_workers=workers, shuffle=False, pin_memory=cuda)
+                loader = DataLoader(FaceDataset(manifest, transform, view, seed, aligner, first),
+                                    batch_size=batch_size, num_workers=workers, shuffle=False, pin_memory=cuda)
                 pos = 0
                 try:
                     for batch in loader:
-                        feats = trunk(batch.to(device, non_blocking=True)).float().cpu().numpy()
+                        feats = trunk(to_device(batch, device)).float().cpu().numpy()
                         if out is None:
                             out = np.zeros((len(views), len(manifest)) + feats.shape[1:], dtype=dtype)
                         out[v, pos:pos + len(feats)] = feats
@@ -151,9 +153,11 @@ def head_vectors(embedder: Embedder, features: np.ndarray, batch_size: int = 819
     """Apply the head (and L2 normalisation) to cached trunk features."""
     embedder.eval()
     rows = []
+    device = next(embedder.head.parameters(), torch.empty(0)).device
     with torch.inference_mode():
         for s in range(0, len(features), batch_size):
-            rows.append(embedder.embed_features(torch.from_numpy(features[s:s + batch_size])).numpy())
+            x = to_device(torch.from_numpy(features[s:s + batch_size]), device)
+            rows.append(embedder.embed_features(x).float().cpu().numpy())
     return np.concatenate(rows) if rows else np.zeros((0, embedder.dim), np.float32)
 
 
@@ -364,8 +368,10 @@ def embed_manifest(embedder: Embedder, manifest: Manifest, batch_size: int = 64,
 
 def embed_to_file(embedder: Embedder, manifest: Manifest, out: str | os.PathLike, batch_size: int = 64,
                   workers: int = 1, progress: bool = True, device: str = "cpu", resume: bool = False,
-                  chunk_size: int = CHUNK_FACES) -> Embeddings:
+                  chunk_size: int = CHUNK_FACES, meta: dict[str, Any] | None = None) -> Embeddings:
     """Embed every face of ``manifest`` into the file ``out``, so that a killed run can resume.
+
+    ``meta``: more entries for the file's header (a shard's place, see :func:`shard_manifest`).
 
     Finished chunks wait in :func:`partial_folder` (``OUT.partial/``, see
     :func:`embed_manifest`); ``out`` is written atomically, then the chunks (and the
@@ -378,8 +384,88 @@ def embed_to_file(embedder: Embedder, manifest: Manifest, out: str | os.PathLike
     partial = partial_folder(out)
     emb = embed_manifest(embedder, manifest, batch_size, workers, progress, device, partial=partial,
                          resume=resume, chunk_size=chunk_size)
+    emb.meta.update(meta or {})
     emb.save(out)
     _clear_partial(partial, remove=True)
     for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):  # fileio.atomic_write's temporary names
         tmp.unlink(missing_ok=True)
     return emb
+
+
+# --------------------------------------------------------------------------- shards
+MODEL_KEYS = ("backbone", "head", "model_sha256")  # what shards of one run share in their headers
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n), the i-th of n shards counted from 0."""
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ProxytasksError(f"--shard {text!r}: expected I/N, e.g. 0/4 for the first of 4 shards") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ProxytasksError(f"--shard {text!r}: I/N needs N >= 1 and 0 <= I < N (shards count from 0)")
+    return i, n
+
+
+def shard_manifest(manifest: Manifest, index: int, count: int) -> tuple[Manifest, dict[str, Any]]:
+    """The faces of shard ``index`` of ``count`` (contiguous blocks in manifest order, as
+    ``np.array_split`` cuts them) and the header entry that lets :func:`merge_shards`
+    put the shards back together."""
+    block = np.array_split(np.arange(len(manifest)), count)[index]
+    start = int(block[0]) if len(block) else len(manifest)
+    part = Manifest(manifest.faces[start:start + len(block)], manifest.root)
+    return part, {"index": index, "count": count, "start": start, "faces": len(manifest),
+                  "ids_digest": ids_digest([f.id for f in manifest.faces])}
+
+
+def merge_shards(parts: Sequence[Embeddings], names: Sequence[str]) -> Embeddings:
+    """The embeddings of the whole manifest from the files of its ``embed --shard i/n``
+    runs (any order): every shard exactly once, all of one manifest and one model.
+
+    Raises:
+        ProxytasksError: naming the file, for a file that is not a shard, a shard of
+            another manifest, split or model, a shard given twice, or missing shards.
+    """
+    if not parts:
+        raise ProxytasksError("no embeddings file to merge")
+    first = parts[0].meta.get("shard")
+    for e, name in zip(parts, names):
+        s = e.meta.get("shard")
+        if not isinstance(s, dict):
+            raise ProxytasksError(f"{name}: not a shard (no 'shard' in its header); give the files that "
+                                  "`proxytasks embed --shard I/N` wrote")
+        if (s.get("count"), s.get("faces"), s.get("ids_digest")) != (first.get("count"), first.get("faces"),
+                                                                      first.get("ids_digest")):
+            raise ProxytasksError(f"{name}: shard of another manifest or split ({s.get('faces')} faces in "
+                                  f"{s.get('count')} shards, against {first.get('faces')} in {first.get('count')} "
+                                  f"for {names[0]})")
+        other = [k for k in MODEL_KEYS if e.meta.get(k) != parts[0].meta.get(k)]
+        if other or e.vectors.shape[1] != parts[0].vectors.shape[1]:
+            raise ProxytasksError(f"{name}: embedded by another model than {names[0]} "
+                                  f"({', '.join(other) or 'dimension'} differ); embed every shard with one run")
+    by_index: dict[int, tuple[Embeddings, str]] = {}
+    for e, name in zip(parts, names):
+        i = e.meta["shard"]["index"]
+        if i in by_index:
+            raise ProxytasksError(f"{name}: shard {i} is also {by_index[i][1]}")
+        by_index[i] = (e, name)
+    missing = sorted(set(range(first["count"])) - set(by_index))
+    if missing:
+        raise ProxytasksError(f"shards {', '.join(map(str, missing))} of {first['count']} are missing "
+                              f"(run `proxytasks embed --shard I/{first['count']}` for them)")
+    ordered = [by_index[i][0] for i in range(first["count"])]
+    ids = [x for e in ordered for x in e.ids]
+    if len(ids) != first["faces"] or ids_digest(ids) != first["ids_digest"]:
+        raise ProxytasksError(f"the shards' faces ({len(ids)}) are not those of the manifest they were cut "
+                              f"from ({first['faces']}); a shard file is damaged or renamed")
+    meta = {k: v for k, v in parts[0].meta.items() if k not in ("shard", "format_version", "n", "dim",
+                                                                 "ids_digest", "vectors_sha256")}
+    return Embeddings(np.concatenate([e.vectors for e in ordered]), ids, meta)
+
+
+def load_embeddings(paths: Sequence[str | os.PathLike]) -> Embeddings:
+    """One embeddings file, or the shards of one run (see :func:`merge_shards`)."""
+    parts = [Embeddings.load(p) for p in paths]
+    if len(parts) == 1 and "shard" not in parts[0].meta:
+        return parts[0]
+    return merge_shards(parts, [str(p) for p in paths])

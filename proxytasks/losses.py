@@ -9,7 +9,12 @@ Every loss takes ``(embeddings, indices_tuple, weights=None)``:
   gives them (tensors or numpy arrays);
 - ``weights = (w_pos, w_neg)``: optional non-negative per-pair weights (rule weights),
   either entry may be None (all ones). In every loss a zero weight is the same as
-  leaving the pair out.
+  leaving the pair out;
+- ``shard = (rank, world)``: optional; the loss of this rank's share of the terms
+  (term ``k`` of each weighted mean if ``k % world == rank``), each mean still divided by
+  the whole batch's weight, so that the shards' losses sum to the whole loss (and their
+  gradients to its gradient): the split of distributed training
+  (:mod:`proxytasks.distributed`).
 
 An empty positive or negative set never gives NaN: its part of the loss is a zero that
 keeps the autograd graph. Losses are registered in :data:`LOSSES`; build them with
@@ -59,11 +64,23 @@ def _segment_logsumexp(x: Tensor, seg: Tensor, n: int, w: Tensor, add_one: bool 
     return torch.where(has, out, torch.full_like(out, -math.inf))
 
 
-def _weighted_mean(values: Tensor, w: Tensor, embeddings: Tensor) -> Tensor:
-    """``sum(w * values) / sum(w)``; a graph-keeping zero when empty or all weights are 0."""
-    if values.numel() == 0:
-        return embeddings.sum() * 0
-    return (values * w).sum() / w.sum().clamp_min(torch.finfo(values.dtype).tiny)
+Means = list[tuple[Tensor, Tensor]]  # (values, weights) of each weighted mean a loss sums
+
+
+def _sum_of_means(means: Means, embeddings: Tensor, shard: tuple[int, int] | None) -> Tensor:
+    """``sum over means of sum(w * values) / sum(w)`` (terms of weight 0 ignored, an empty
+    mean is 0, graph kept); with ``shard`` only that shard's terms in the numerators."""
+    out = embeddings.sum() * 0
+    for values, w in means:
+        if values.numel() == 0:
+            continue
+        terms = torch.where(w > 0, values * w, torch.zeros_like(values))
+        if shard is not None:
+            rank, world = shard
+            mine = torch.arange(len(terms), device=terms.device) % world == rank
+            terms = torch.where(mine, terms, torch.zeros_like(terms))
+        out = out + terms.sum() / w.sum().clamp_min(torch.finfo(values.dtype).tiny)
+    return out
 
 
 def _both_ways(a: Tensor, b: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
@@ -81,8 +98,9 @@ class PairLoss(nn.Module):
     """Base class: checks and converts the inputs, then calls :meth:`compute`."""
 
     def forward(self, embeddings: Tensor, indices_tuple: IndicesTuple,
-                weights: Weights = None) -> Tensor:
-        """The scalar loss of ``embeddings`` (B, D) on the pairs of ``indices_tuple``."""
+                weights: Weights = None, shard: tuple[int, int] | None = None) -> Tensor:
+        """The scalar loss of ``embeddings`` (B, D) on the pairs of ``indices_tuple``
+        (of the terms of ``shard``, see the module docstring)."""
         if embeddings.dim() != 2:
             raise ProxytasksError(f"embeddings must be (B, D), got shape {tuple(embeddings.shape)}")
         if len(indices_tuple) != 4:
@@ -100,12 +118,15 @@ class PairLoss(nn.Module):
         if len(wp) != len(a1) or len(wn) != len(a2):
             raise ProxytasksError(f"weights: {len(wp)} and {len(wn)} given for {len(a1)} positive "
                                   f"and {len(a2)} negative pairs")
+        if shard is not None and not (0 <= shard[0] < shard[1]):
+            raise ProxytasksError(f"shard {shard}: expected (rank, world) with 0 <= rank < world")
         if len(a1) == 0 and len(a2) == 0:
             return embeddings.sum() * 0
-        return self.compute(embeddings, a1, p, a2, n, wp, wn)
+        return _sum_of_means(self.compute(embeddings, a1, p, a2, n, wp, wn), embeddings, shard)
 
     def compute(self, emb: Tensor, a1: Tensor, p: Tensor, a2: Tensor, n: Tensor,
-                wp: Tensor, wn: Tensor) -> Tensor:  # pragma: no cover - abstract
+                wp: Tensor, wn: Tensor) -> Means:  # pragma: no cover - abstract
+        """The weighted means whose sum is the loss, as (values, weights) pairs."""
         raise NotImplementedError
 
 
@@ -134,8 +155,7 @@ class ContrastiveLoss(PairLoss):
     def compute(self, emb, a1, p, a2, n, wp, wn):
         d_pos = 1 - _pair_sim(emb, a1, p)
         d_neg = 1 - _pair_sim(emb, a2, n)
-        return (_weighted_mean(F.relu(d_pos - self.pos_margin), wp, emb)
-                + _weighted_mean(F.relu(self.neg_margin - d_neg), wn, emb))
+        return [(F.relu(d_pos - self.pos_margin), wp), (F.relu(self.neg_margin - d_neg), wn)]
 
 
 @LOSSES.register("multi-similarity")
@@ -169,7 +189,7 @@ class MultiSimilarityLoss(PairLoss):
         neg = _segment_logsumexp(self.beta * (ns - self.base), na, B, nw, add_one=True) / self.beta
         used = torch.zeros(B, dtype=emb.dtype, device=emb.device)
         used = used.index_add(0, torch.cat([pa, na]), (torch.cat([pw, nw]) > 0).to(emb.dtype)) > 0
-        return (pos + neg).sum() / used.sum().clamp_min(1)  # unused rows give log(1) = 0
+        return [(pos + neg, used.to(emb.dtype))]  # the mean over the rows in a pair
 
 
 class _TemperatureLoss(PairLoss):
@@ -203,7 +223,7 @@ class TrackSupConLoss(_TemperatureLoss):
         pa, _, ps, pw = _both_ways(a1, p, _pair_sim(emb, a1, p), wp)
         na, _, ns, nw = _both_ways(a2, n, _pair_sim(emb, a2, n), wn)
         neg_lse = _segment_logsumexp(ns / T, na, emb.shape[0], nw)  # -inf without negatives
-        return _weighted_mean(F.softplus(neg_lse[pa] - ps / T), pw, emb)
+        return [(F.softplus(neg_lse[pa] - ps / T), pw)]
 
 
 @LOSSES.register("ntxent")
@@ -225,7 +245,7 @@ class NTXentLoss(_TemperatureLoss):
     def compute(self, emb, a1, p, a2, n, wp, wn):
         B, T = emb.shape[0], self.temperature
         if len(a1) == 0:
-            return emb.sum() * 0
+            return []
         pa, pp, pw = _both_ways(a1, p, wp)
         flat = torch.zeros(B * B, dtype=emb.dtype, device=emb.device)
         is_pos = flat.index_add(0, pa * B + pp, (pw > 0).to(emb.dtype)).view(B, B) > 0
@@ -236,7 +256,7 @@ class NTXentLoss(_TemperatureLoss):
         total = torch.exp(torch.where(is_neg, logits - m[:, None], -math.inf)).sum(1)
         neg_lse = torch.log(total.clamp_min(torch.finfo(emb.dtype).tiny)) + m
         neg_lse = torch.where(is_neg.any(1), neg_lse, torch.full_like(neg_lse, -math.inf))
-        return _weighted_mean(F.softplus(neg_lse[pa] - logits[pa, pp]), pw, emb)
+        return [(F.softplus(neg_lse[pa] - logits[pa, pp]), pw)]
 
 
 def make_loss(name: str, **kwargs) -> nn.Module:

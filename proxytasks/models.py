@@ -7,6 +7,7 @@ the model's own timm data config, never from hard-coded mean/std.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import logging
@@ -400,6 +401,23 @@ def select_device(device: str = "auto") -> torch.device:
     if chosen.type == "mps" and not _mps_available():
         raise ProxytasksError(f"device {device!r} requested but MPS is not available; use --device cpu")
     return chosen
+
+
+def autocast(device: Any) -> contextlib.AbstractContextManager:
+    """Mixed precision for ``device``: bf16 autocast on a CUDA device that supports it
+    (Ampere and later), full precision elsewhere (CPU, MPS, older GPUs)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(t: torch.Tensor, device: Any) -> torch.Tensor:
+    """``t`` on ``device``; from the CPU to CUDA through pinned memory, without blocking."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
 
 
 class FeatureExtractor:

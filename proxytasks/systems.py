@@ -201,7 +201,7 @@ def fine_tune_global(embedder: Embedder, prefix: np.ndarray, pairs: "PairSet", n
         combined loss on the first step's batch before and after training).
     """
     from .losses import make_loss
-    from .models import select_device
+    from .models import autocast, select_device, to_device
     from .train import Constraints, GroupBatcher, TrainConfig
 
     cfg = cfg or GlobalConfig()
@@ -241,8 +241,9 @@ def fine_tune_global(embedder: Embedder, prefix: np.ndarray, pairs: "PairSet", n
     def combined(step: int) -> torch.Tensor:
         faces, views, tup = batcher.batch(step)
         nf, nv, ny = names.batch(step)
-        x = torch.from_numpy(prefix[np.r_[views, nv], np.r_[faces, nf]].astype(np.float32)).to(device)
-        emb = model.embed_features(suffix(x))
+        x = to_device(torch.from_numpy(prefix[np.r_[views, nv], np.r_[faces, nf]].astype(np.float32)), device)
+        with autocast(device):  # bf16 on GPUs that support it
+            emb = model.embed_features(suffix(x)).float()
         loss = pair_loss(emb[:len(faces)], tuple(t.to(device) for t in tup))
         if len(nf) and cfg.naming_weight:
             logits = SCALE * emb[len(faces):] @ F.normalize(classifier, dim=1).T

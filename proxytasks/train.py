@@ -15,6 +15,12 @@ Selection without labels: time chunks of each video (a random share of photos) a
 held out; the embedding is scored by the ROC-AUC separating their must-link from their
 cannot-link pairs. The frozen pretrained features, a KISSME linear metric fitted in one
 step, and the trained head's checkpoints compete on that score; the best one is saved.
+
+Under ``torchrun`` the processes share the work (:mod:`proxytasks.distributed`): the
+trunk features by blocks of faces, each step's loss terms by pairs (DDP sums the
+gradients), with the same result as one process; rank 0 writes every file. On CUDA the
+loop runs on the GPU, the head in bf16 autocast where supported, batches copied from
+pinned memory without blocking.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
+from . import distributed
 from .embed import trunk_features
 from .embedder import Embedder, create_embedder
 from .errors import ProxytasksError
@@ -203,40 +210,54 @@ class GroupBatcher:
 
 
 # --------------------------------------------------------------------------- training
-def _features(embedder: Embedder, manifest: Manifest, cfg: TrainConfig, run: Path, device: str,
-              progress: bool, start: float) -> np.ndarray:
-    """Trunk features for every view, cached in the run folder (float16).
-
-    Views after the first two (two views of one face are the positive pair of a photo
-    collection) are left out when computing one more would take the run past
-    :data:`FEATURE_SHARE` of its time budget (counted from ``start``), so that a short
-    budget still leaves time to train; the array holds the views computed.
-    """
-    key = {"backbone": cfg.backbone, "weights": cfg.weights, "input_size": cfg.input_size,
-           "views": list(cfg.views), "seed": cfg.seed, "ids": ids_digest([f.id for f in manifest.faces])}
-    path = run / "features.npz"
+def _cached_features(path: Path, key: dict[str, Any]) -> np.ndarray | None:
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
                 if json.loads(str(z["key"])) == key:
                     logger.info("reusing cached trunk features from %s", path)
-                    return z["features"].astype(np.float32)
+                    return z["features"]
         except (OSError, ValueError, KeyError):
             logger.warning("ignoring unreadable feature cache %s", path)
+    return None
+
+
+def _features(embedder: Embedder, manifest: Manifest, cfg: TrainConfig, run: Path, device: str,
+              progress: bool, start: float, ctx: distributed.Context | None = None) -> np.ndarray:
+    """Trunk features for every view, cached in the run folder (float16).
+
+    Views after the first two (two views of one face are the positive pair of a photo
+    collection) are left out when computing one more would take the run past
+    :data:`FEATURE_SHARE` of its time budget (counted from ``start``), so that a short
+    budget still leaves time to train; the array holds the views computed. Under
+    ``torchrun`` each rank computes its block of faces; rank 0 reads and writes the cache
+    and decides the views.
+    """
+    ctx = ctx or distributed.Context()
+    key = {"backbone": cfg.backbone, "weights": cfg.weights, "input_size": cfg.input_size,
+           "views": list(cfg.views), "seed": cfg.seed, "ids": ids_digest([f.id for f in manifest.faces])}
+    path = run / "features.npz"
+    cached = distributed.broadcast(_cached_features(path, key) if ctx.main else None, ctx)
+    if cached is not None:
+        return cached.astype(np.float32)
+    mine = distributed.block(len(manifest), ctx)
+    part = manifest if not ctx.active else Manifest([manifest.faces[i] for i in mine], manifest.root)
     done: list[np.ndarray] = []
     began = time.perf_counter()
     for view in cfg.views:
         per_view = (time.perf_counter() - began) / max(len(done), 1)
-        if len(done) >= 2 and cfg.time_budget is not None and \
-                time.perf_counter() - start + per_view > FEATURE_SHARE * cfg.time_budget:
+        if distributed.broadcast(len(done) >= 2 and cfg.time_budget is not None and
+                                 time.perf_counter() - start + per_view > FEATURE_SHARE * cfg.time_budget, ctx):
             logger.warning("time budget: trunk features of %d of %d views cached (%s); more views need a "
                            "larger --time-budget", len(done), len(cfg.views), ", ".join(cfg.views[:len(done)]))
             break
-        done.append(trunk_features(embedder, manifest, (view,), cfg.batch_size, cfg.workers, cfg.seed,
-                                   progress, device)[0].astype(np.float16))
+        rows = trunk_features(embedder, part, (view,), cfg.batch_size, cfg.workers, cfg.seed, progress, device,
+                              first=int(mine[0]) if len(mine) else 0)[0].astype(np.float16)
+        done.append(distributed.gather_rows(rows, ctx))
     feats = np.stack(done)
-    with atomic_write(path, "wb", gz=False) as fh:
-        np.savez(fh, features=feats, key=np.array(json.dumps(key)))
+    if ctx.main:
+        with atomic_write(path, "wb", gz=False) as fh:
+            np.savez(fh, features=feats, key=np.array(json.dumps(key)))
     return feats.astype(np.float32)  # as a resumed run reads them back
 
 
@@ -262,14 +283,15 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
     ``features``: the trunk features of ``cfg.views`` for the faces of ``manifest``
     (shape (views, faces, trunk width), computed by the caller, e.g. shared by the
     configurations of a budget sweep); they are neither computed nor cached here.
+    Under ``torchrun`` every rank calls it with the same arguments (see the module
+    docstring); only rank 0 writes the run folder.
     """
     from .losses import make_loss
-    from .models import select_device
+    from .models import autocast, select_device, to_device
 
     cfg = cfg or TrainConfig()
     start = time.perf_counter()
     run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
     if pairs.n_faces != len(manifest):
         raise ProxytasksError(f"the pairs index {pairs.n_faces} faces but the manifest holds {len(manifest)}")
     if cfg.lr_schedule not in LR_SCHEDULES:
@@ -279,9 +301,20 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
         raise ProxytasksError("the cosine learning-rate schedule needs --steps or --epochs (where it ends)")
     torch.manual_seed(cfg.seed)
     device = str(select_device(cfg.device))
+    ctx = distributed.context(device)
+    device = distributed.local_device(device, ctx)
+    progress = progress and ctx.main
+    if ctx.main:
+        run.mkdir(parents=True, exist_ok=True)
     embedder = create_embedder(cfg.backbone, cfg.weights, cfg.dim, cfg.head, cfg.input_size)
     if features is None:
-        feats = _features(embedder, manifest, cfg, run, device, progress, start)
+        feats = _features(embedder, manifest, cfg, run, device, progress, start, ctx)
+        spent = time.perf_counter() - start
+        if cfg.time_budget is not None and spent + 1.0 > cfg.time_budget:
+            logger.warning("time budget: caching the trunk features took %.0f s of the %.0f s budget, so no "
+                           "training step fits; the model is the better of the pretrained features and the "
+                           "KISSME start. Rerun into the same folder (the cache is reused) with --time-budget above %.0f s",
+                           spent, cfg.time_budget, spent + 60)
     else:
         feats = np.asarray(features, dtype=np.float32)
         if feats.ndim != 3 or feats.shape[1:] != (len(manifest), embedder.in_dim) or not 1 <= len(feats) <= len(cfg.views):
@@ -305,13 +338,15 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
             embedder.head.weight.copy_(torch.from_numpy(L))
         candidates["kissme"] = {"score": _score(embedder, plain, vpos, vneg),
                                 "state": copy.deepcopy(embedder.head.state_dict())}
+    embedder.head.to(device)
     opt = torch.optim.AdamW([p for p in embedder.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     step, log = 0, []
     best: dict[str, Any] = {"score": None, "state": None, "step": 0}
     ckpt = run / "checkpoint.pt"
-    if resume and ckpt.is_file():
-        state = _read_checkpoint(ckpt, embedder)
+    state = distributed.broadcast(_read_checkpoint(ckpt, embedder) if ctx.main and resume and ckpt.is_file()
+                                  else None, ctx)
+    if state is not None:
         try:
             embedder.head.load_state_dict(state["head"])
             opt.load_state_dict(state["optimizer"])
@@ -326,12 +361,18 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
         logger.info("resumed from %s at step %d", ckpt, step)
     total = _total_steps(cfg, batcher)
     feats_t = torch.from_numpy(feats)
+    head = embedder.head
+    if ctx.active:  # gradients summed over the ranks (each scales its share of the loss by world)
+        from torch.nn.parallel import DistributedDataParallel
+
+        head = DistributedDataParallel(head, device_ids=[torch.device(device).index] if "cuda" in device else None)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress)
-    step_time, seen_pairs, stopped = 0.0, 0, "steps"
+    step_time, seen_pairs, stopped, shown = 0.0, 0, "steps", None
     embedder.train()
     while total is None or step < total:
         elapsed = time.perf_counter() - start
-        if cfg.time_budget is not None and elapsed + 2 * step_time + 1.0 > cfg.time_budget:
+        if distributed.any_rank(cfg.time_budget is not None and elapsed + 2 * step_time + 1.0 > cfg.time_budget,
+                                ctx):
             stopped = "time budget"
             break
         t0 = time.perf_counter()
@@ -339,26 +380,34 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
         faces, views, tup = batcher.batch(step)
-        emb = embedder.embed_features(feats_t[torch.from_numpy(views), torch.from_numpy(faces)])
-        loss = loss_fn(emb, tup)
+        x = to_device(feats_t[torch.from_numpy(views), torch.from_numpy(faces)], device)
+        with autocast(device):
+            out = head(x)
+        emb = torch.nn.functional.normalize(out.float(), dim=-1)  # as Embedder.embed_features
+        loss = loss_fn(emb, tuple(to_device(t, device) for t in tup), shard=ctx.shard)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * ctx.world).backward()
         opt.step()
         step += 1
         seen_pairs += len(tup[0]) + len(tup[2])
         step_time = 0.9 * step_time + 0.1 * (time.perf_counter() - t0) if step_time else time.perf_counter() - t0
         if step % cfg.eval_every == 0 or step == total:
+            shown = distributed.total(loss.item(), ctx)  # the whole batch's loss
             score = _score(embedder, plain, vpos, vneg)
-            log.append({"step": step, "loss": loss.item(), "val_auc": score,
+            log.append({"step": step, "loss": shown, "val_auc": score,
                         "seconds": round(time.perf_counter() - start, 3)})
             best = _keep_best(best, score, embedder, step)
-            _checkpoint(ckpt, embedder, opt, step, log, best)
+            if ctx.main:
+                _checkpoint(ckpt, embedder, opt, step, log, best)
             embedder.train()
-        bar.set_postfix(loss=f"{loss.item():.4f}", pairs_s=f"{seen_pairs / max(time.perf_counter() - start, 1e-9):.0f}")
+        bar.set_postfix(loss="-" if shown is None else f"{shown:.4f}",
+                        pairs_s=f"{seen_pairs / max(time.perf_counter() - start, 1e-9):.0f}")
         bar.update(1)
     bar.close()
     if best["state"] is None or step % cfg.eval_every:
         best = _keep_best(best, _score(embedder, plain, vpos, vneg), embedder, step)
+    embedder.to("cpu")
+    best["state"] = {k: v.cpu() for k, v in best["state"].items()}
     candidates["trained"] = best
     selected = _select(candidates)
     if selected == "pretrained":
@@ -372,11 +421,15 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
                "seconds": round(seconds, 3), "pairs": int(len(pairs)), "pairs_seen": seen_pairs,
                "scores": {k: v["score"] for k, v in candidates.items()}, "best_step": best["step"],
                "holdout_pairs": {"same": int(len(vpos)), "different": int(len(vneg))}}
+    if ctx.active:
+        summary["processes"] = ctx.world
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    final.save(run, extra={"train": summary, "options": options})
-    with atomic_write(run / "train_log.jsonl") as fh:
-        for row in log:
-            fh.write(json.dumps(row) + "\n")
+    if ctx.main:
+        final.save(run, extra={"train": summary, "options": options})
+        with atomic_write(run / "train_log.jsonl") as fh:
+            for row in log:
+                fh.write(json.dumps(row) + "\n")
+    distributed.finish(ctx)
     logger.info("trained %d steps in %.1f s (%s); selected %s (validation AUC %s)", step, seconds,
                 stopped, selected, summary["scores"])
     return summary
@@ -466,7 +519,7 @@ def _read_checkpoint(path: Path, embedder: Embedder) -> dict[str, Any]:
     """
     afresh = "delete it to start afresh"
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # truncated file, pickled code ...
         raise ProxytasksError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: "
                               f"{str(e)[:200]}); {afresh}") from None

@@ -186,6 +186,22 @@ def later(label: str, duration: float, first: float) -> float:
     return random.Random(label).uniform(0.0, max(duration - first, 0.05))
 
 
+def kill_case(args: list, log: Path, label: str, how: int | str, ready: Callable[[], bool],
+              timing: tuple[float, float], folder: Path) -> str:
+    """Run ``args`` and SIGKILL it: at a seeded random delay when ``how`` is a seed, else
+    at a random moment after ``ready()`` first holds (``timing``: the reference's duration
+    and when its first piece was done). Returns the case's description, printed with
+    what ``folder`` holds."""
+    duration, first = timing
+    if isinstance(how, str):
+        what = killed(args, log, ready=ready, after=later(label, duration, first))
+    else:
+        what = killed(args, log, delay(label, duration))
+    context = f"{label} ({what})"
+    print(context, inventory(folder), flush=True)
+    return context
+
+
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def trained(small_episode, tmp_path_factory):
@@ -235,13 +251,7 @@ def test_train_killed_at_random_moments_resumes_to_the_same_weights(trained):
         run = ref.parent / label
         args = ["train", manifest, pairs, "-o", run, *TRAIN]
         log = ref.parent / f"{label}.log"
-        if how == "checkpoint":  # at a random moment after the first checkpoint
-            what = killed(args, log, ready=lambda: (run / "checkpoint.pt").is_file(),
-                          after=later(label, duration, first))
-        else:
-            what = killed(args, log, delay(label, duration))
-        context = f"{label} ({what})"
-        print(context, inventory(run), flush=True)
+        context = kill_case(args, log, label, how, lambda: (run / "checkpoint.pt").is_file(), (duration, first), run)
         if run.is_dir():
             files = assert_whole(run, context)
             if {run / "config.json", run / "model.safetensors"} <= set(files):
@@ -274,13 +284,8 @@ def test_embed_killed_at_random_moments_resumes_to_the_same_vectors(trained):
         partial = folder / "emb.npz.partial"
         args = ["embed", model, manifest, "-o", target, *EMBED]
         log = out / f"{label}.log"
-        if how == "chunk":  # at a random moment after the first chunk
-            what = killed(args, log, ready=lambda: partial.is_dir() and any(final_files(partial)),
-                          after=later(label, duration, first))
-        else:
-            what = killed(args, log, delay(label, duration))
-        context = f"{label} ({what})"
-        print(context, inventory(folder), flush=True)
+        context = kill_case(args, log, label, how, lambda: partial.is_dir() and any(final_files(partial)),
+                            (duration, first), folder)
         if folder.is_dir():
             files = assert_whole(folder, context)
             if target in files:
@@ -363,13 +368,8 @@ def test_ingest_killed_at_random_moments_resumes_to_the_same_manifest(videos, tm
         out = folder / "faces.jsonl"
         args = ["ingest", videos, "-o", out, *INGEST]
         log = tmp_path / f"{label}.log"
-        if how == "media":  # at a random moment after the first finished media (mid-video, mid-crops, ...)
-            what = killed(args, log, ready=lambda: any((folder / "faces.jsonl.parts").glob("*.json")),
-                          after=later(label, duration, first))
-        else:
-            what = killed(args, log, delay(label, duration))
-        context = f"{label} ({what})"
-        print(context, inventory(folder), flush=True)
+        context = kill_case(args, log, label, how, lambda: any((folder / "faces.jsonl.parts").glob("*.json")),
+                            (duration, first), folder)
         if folder.is_dir():
             assert_whole(folder, context)
             if out.is_file():

@@ -81,6 +81,16 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, small_episode):
         assert z["features"].shape[:2] == (2, len(manifest))
 
 
+def test_a_budget_spent_on_the_feature_cache_says_so(tmp_path, small_episode, caplog):
+    _, manifest, pairs = small_episode
+    with caplog.at_level("WARNING", logger="proxytasks.train"):
+        summary = train(manifest, pairs, tmp_path / "tiny", TrainConfig(dim=32, time_budget=0.5, steps=None),
+                        progress=False)
+    assert summary["steps"] == 0 and summary["stopped"] == "time budget"
+    assert (tmp_path / "tiny" / "model.safetensors").is_file()
+    assert "no training step fits" in caplog.text and "--time-budget above" in caplog.text
+
+
 def test_photos_without_pairs_train_self_supervised(tmp_path, small_episode):
     _, manifest, _ = small_episode
     photos = Manifest([Face(id=f.id, media=f"photo{k}", image=f.image, bbox=f.bbox) for k, f in
