@@ -14,10 +14,12 @@ How a sweep runs:
    training faces of the first scenes (connected components of the must- and cannot-links,
    in seeded random order) until ``f`` of them are in, so a kept face keeps its constraints;
    ``pairs`` is the number of rule pairs among them.
-2. **Probe.** Per backbone, on this device: the trunk's seconds per face (two small passes
-   over real faces, after an untimed warm-up, give the start-up and the per-face time),
-   ``train``'s fixed cost and seconds per step (two short runs on stand-in features), and
-   the same for the joint fine-tuning of the ``global`` strategy.
+2. **Probe.** Per backbone, on this device: the trunk's start-up and seconds per face (two
+   passes over test faces, of one and two whole batches, after an untimed warm-up; the
+   test faces are needed by every configuration anyway), the same for the trunk before its
+   last stage when the ``global`` strategy is swept, ``train``'s fixed cost and seconds
+   per step (per trunk width: one 300-step run on stand-in features, the line through its
+   checkpoint times), and the joint fine-tuning's (two short runs).
 3. **Candidates.** Strategy (:data:`proxytasks.systems.STRATEGIES`) x backbone x pair
    fraction x steps x schedule. A configuration's predicted cost is what it would take
    alone: trunk passes over its faces, training, the joint fine-tuning. Those predicted over
@@ -26,8 +28,8 @@ How a sweep runs:
    always). The prediction is refined by every measurement: a trunk pass costs the
    least-squares line (start-up + faces x seconds per face) through all the passes of its
    backbone so far, and training and fine-tuning cost their probed time times the median
-   measured / predicted ratio of the last three pieces of work, so a machine that slows
-   down (other jobs) or speeds up is followed. Each configuration's prediction is recorded
+   measured / probed ratio of their last three runs, so a machine that slows down (other
+   jobs) or speeds up is followed. Each configuration's prediction is recorded
    just before it runs, and one predicted over its budget by then is skipped.
 4. **Run.** Budgets in increasing order; each has its own seconds of wall time to spend,
    plus what the earlier ones left (the probe is paid from the largest). Trunk features are
@@ -76,8 +78,8 @@ STEPS = (50, 200, 800, 3200)
 SCHEDULES = ("constant", "cosine")
 JOINT_STEPS = 100  # joint fine-tuning steps of a "global" configuration, after its proxy training
 VIEWS = ("plain", "flip")  # views of a training face (two: a photo collection's positive pair)
-PROBE_FACES = (8, 40)  # faces of the two probe passes per backbone
-PROBE_STEPS = (10, 110)  # steps of the two probe trainings per backbone
+PROBE_BATCHES = (1, 3)  # the two probe passes end after this many batches of test faces
+PROBE_STEPS = 300  # steps of the probe training (one per trunk width), checkpoints every 50
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,8 @@ class _Store:
     """Trunk outputs (pooled features or prefix activations) per view and face, each
     computed once, with the time of every pass (faces, seconds) that computed them."""
 
-    def __init__(self, compute: Callable[[np.ndarray, str], np.ndarray], n: int,
-                 observe: Callable[[float, float], None] | None = None) -> None:
-        self.compute, self.n, self.observe = compute, n, observe
+    def __init__(self, compute: Callable[[np.ndarray, str], np.ndarray], n: int) -> None:
+        self.compute, self.n = compute, n
         self.data: dict[str, np.ndarray] = {}
         self.done: dict[str, np.ndarray] = {}
         self.passes: list[tuple[int, float]] = []
@@ -160,10 +161,7 @@ class _Store:
         if len(need):
             t0 = time.perf_counter()
             out = self.compute(need, view)
-            seconds = time.perf_counter() - t0
-            if self.observe is not None and self.passes:
-                self.observe(seconds, self.pass_s(len(need)))
-            self.passes.append((len(need), seconds))
+            self.passes.append((len(need), time.perf_counter() - t0))
             if view not in self.data:
                 self.data[view] = np.zeros((self.n,) + out.shape[1:], dtype=out.dtype)
             self.data[view][need] = out
@@ -246,7 +244,8 @@ class _Sweep:
         self.runs: dict[Candidate, tuple[Path, dict[str, Any]]] = {}
         self.results: dict[Candidate, dict[str, Any]] = {}
         self.eval_s = 1.0  # running estimate of one evaluation's seconds
-        self.slowdown: list[float] = []  # measured / predicted seconds of each piece of work since the probe
+        self.slowdown: dict[str, list[float]] = {"train": [], "joint": []}  # measured / probed seconds
+        self.train_probe: dict[int, tuple[float, float]] = {}  # trunk width -> (fixed s, s per step)
 
     def _naming_possible(self) -> bool:
         from .metrics import few_shot_draw
@@ -277,41 +276,52 @@ class _Sweep:
                                   self.device)[0].astype(np.float16)
 
         store = self.stores[backbone] = _Store(pooled, len(self.m))
-        pooled(self.test[:2], "plain")  # warm-up (first-call costs of the trunk and its kernels), not timed
-        a, b = (min(k, len(self.test)) for k in PROBE_FACES)
-        store.get("plain", self.test[:a])
-        store.get("plain", self.test[a:b])
+        self._probe_passes(store, pooled)
         cost.startup_s, cost.face_s = store.fit()
         cost.train_s, cost.step_s = self._probe_train(backbone, emb.in_dim)
         if "global" in strategies:
             cost.joint_s, cost.joint_step_s = self._probe_joint(backbone)
         self.costs[backbone] = cost
-        store.observe = self.observe
         logger.info("probe %s: %.1f faces/s, train %.2f s + %.1f ms/step, joint %.2f s + %.1f ms/step", backbone,
                     1 / cost.face_s, cost.train_s, 1e3 * cost.step_s, cost.joint_s, 1e3 * cost.joint_step_s)
         return cost
 
+    def _probe_passes(self, store: _Store, compute: Callable[[np.ndarray, str], np.ndarray]) -> None:
+        """Two timed passes over test faces, ending after one and after three whole batches
+        (the per-face cost of full batches, which every real pass mostly is), after an
+        untimed warm-up (first-call costs of the network and its kernels)."""
+        compute(self.test[:2], "plain")
+        a, b = (min(k * self.s.batch_size, len(self.test)) for k in PROBE_BATCHES)
+        store.get("plain", self.test[:a])
+        store.get("plain", self.test[a:b])
+
     def _probe_train(self, backbone: str, in_dim: int) -> tuple[float, float]:
+        """``train``'s fixed seconds and seconds per step on stand-in features of this trunk
+        width (the head's cost does not depend on the backbone otherwise): the line through
+        the times of its checkpoints (every 50 steps) of one run, plus what follows the last."""
         from .train import TrainConfig, train
 
-        idx = self.train_faces(1.0)
-        sub, ps = self._sub(idx), self.pairs.restrict(idx)
-        stand_in = np.random.default_rng(0).standard_normal((len(VIEWS), len(idx), in_dim)).astype(np.float32)
-        times = []
-        for steps in PROBE_STEPS:
-            cfg = TrainConfig(backbone=backbone, views=VIEWS, steps=steps, seed=self.s.seed, device=self.device)
-            summary = train(sub, ps, self.work / f"probe_{backbone}", cfg, progress=False, features=stand_in)
-            times.append(summary["seconds"])
-        shutil.rmtree(self.work / f"probe_{backbone}", ignore_errors=True)
-        step = max((times[1] - times[0]) / (PROBE_STEPS[1] - PROBE_STEPS[0]), 1e-5)
-        return max(times[0] - PROBE_STEPS[0] * step, 0.0), step
+        if in_dim not in self.train_probe:
+            idx = self.train_faces(1.0)
+            sub, ps = self._sub(idx), self.pairs.restrict(idx)
+            stand_in = np.random.default_rng(0).standard_normal((len(VIEWS), len(idx), in_dim)).astype(np.float32)
+            folder = self.work / f"probe_{in_dim}"
+            cfg = TrainConfig(backbone=backbone, views=VIEWS, steps=PROBE_STEPS, seed=self.s.seed, device=self.device)
+            summary = train(sub, ps, folder, cfg, progress=False, features=stand_in)
+            log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+            shutil.rmtree(folder, ignore_errors=True)
+            step, start = np.polyfit([r["step"] for r in log], [r["seconds"] for r in log], 1)
+            self.train_probe[in_dim] = (max(start, 0.0) + summary["seconds"] - log[-1]["seconds"], max(step, 1e-6))
+        return self.train_probe[in_dim]
 
     def _probe_joint(self, backbone: str) -> tuple[float, float]:
         from .systems import GlobalConfig, fine_tune_global
 
         idx = np.r_[self.train_faces(1.0), self.test[:4]]
         n = len(idx)
-        shape = self._prefix(backbone).get("plain", self.test[:1]).shape[1:]
+        store = self._prefix(backbone)
+        self._probe_passes(store, store.compute)
+        shape = store.get("plain", self.test[:1]).shape[1:]
         stand_in = np.random.default_rng(0).standard_normal((len(VIEWS), n) + shape).astype(np.float16)
         ps = self._joint_pairs(idx, n - 4)
         named = {n - 4 + k: str(k % 2) for k in range(4)}
@@ -334,7 +344,7 @@ class _Sweep:
                 return prefix_features(emb, self._sub(idx), (view,), s.batch_size, s.workers, s.seed, False,
                                        self.device)[0]
 
-            self.prefixes[backbone] = _Store(compute, len(self.m), self.observe)
+            self.prefixes[backbone] = _Store(compute, len(self.m))
         return self.prefixes[backbone]
 
     def _joint_pairs(self, idx: np.ndarray, n_train: int) -> PairSet:
@@ -355,36 +365,36 @@ class _Sweep:
             out += [(store, "plain", self.test, "prefix")] + [(store, v, tf, "prefix") for v in VIEWS]
         return out
 
-    def observe(self, measured: float, predicted: float) -> None:
-        """Record how long a piece of work (a trunk pass, a training) took against its prediction."""
-        if predicted > 0:
-            self.slowdown.append(measured / predicted)
+    def observe(self, kind: str, measured: float, probed: float) -> None:
+        """Record how long a training or joint fine-tuning (``kind``) took against its probed cost."""
+        if probed > 0:
+            self.slowdown[kind].append(measured / probed)
 
-    def factor(self) -> float:
-        """How much slower than its probe this device runs now: the median of the last three
-        measured / predicted ratios (1 before any), so predictions follow a changing load."""
-        return float(np.median(self.slowdown[-3:])) if self.slowdown else 1.0
+    def factor(self, kind: str) -> float:
+        """How much slower than its probe ``kind`` runs now: the median of the last three
+        measured / probed ratios (1 before any), so that predictions follow the machine."""
+        seen = self.slowdown[kind][-3:]
+        return float(np.median(seen)) if seen else 1.0
 
     def _pass_s(self, c: Candidate, store: _Store | None, faces: int) -> float:
         """Seconds of a trunk pass over ``faces`` faces: the fit of its store's passes so far
         (before the first prefix pass, the pooled trunk's probe)."""
         k = self.costs[c.backbone]
-        if store is None:
-            return (k.startup_s + faces * k.face_s) * self.factor() if faces else 0.0
-        return store.pass_s(faces, (k.startup_s, k.face_s))
+        return store.pass_s(faces, (k.startup_s, k.face_s)) if store is not None else \
+            (k.startup_s + faces * k.face_s if faces else 0.0)
 
     def _train_s(self, c: Candidate) -> float:
         k = self.costs[c.backbone]
-        return (k.train_s + c.steps * k.step_s) * self.factor() if c.strategy != "independent" else 0.0
+        return (k.train_s + c.steps * k.step_s) * self.factor("train") if c.strategy != "independent" else 0.0
 
     def _joint_s(self, c: Candidate) -> float:
         k = self.costs[c.backbone]
-        return (k.joint_s + c.joint_steps * k.joint_step_s) * self.factor() if c.strategy == "global" else 0.0
+        return (k.joint_s + c.joint_steps * k.joint_step_s) * self.factor("joint") if c.strategy == "global" else 0.0
 
     def predicted(self, c: Candidate) -> float:
         """Seconds ``c`` would take alone on this device, predicted from the probe and every
         measurement since: trunk passes at the fit of the backbone's passes, training and the
-        joint fine-tuning at their probed costs times :meth:`factor`."""
+        joint fine-tuning at their probed costs times their :meth:`factor`."""
         total = self.costs[c.backbone].create_s if c.strategy == "independent" else 0.0
         total += sum(self._pass_s(c, store, len(faces)) for store, _, faces, _ in self._passes(c))
         return total + self._train_s(c) + self._joint_s(c)
@@ -457,7 +467,7 @@ class _Sweep:
         run = self.work / f"run_{len(self.runs)}"
         ps = self.pairs.restrict(tf)
         summary = dict(train(self._sub(tf), ps, run, cfg, progress=False, features=feats), faces=len(tf))
-        self.observe(summary["seconds"], k.train_s + summary["steps"] * k.step_s)
+        self.observe("train", summary["seconds"], k.train_s + summary["steps"] * k.step_s)
         summary["pairs"] = int(len(ps.unique()[0]))
         self.runs[c] = (run, summary)
         return self.runs[c]
@@ -477,7 +487,7 @@ class _Sweep:
             tuned, summary = fine_tune_global(embedder, prefix, ps, {len(tf) + i: n for i, n in named.items()},
                                               cfg, progress=False)
             k = self.costs[c.backbone]
-            self.observe(summary["seconds"], k.joint_s + summary["steps"] * k.joint_step_s)
+            self.observe("joint", summary["seconds"], k.joint_s + summary["steps"] * k.joint_step_s)
             joint.append(summary)
             return self._name(suffix_vectors(tuned, prefix[0, len(tf):]), named, seed)
 
