@@ -186,17 +186,18 @@ def test_rule_pairs_are_sound(faces, policy):
 
 # --------------------------------------------------------------------------- tracker
 @st.composite
-def detections(draw):
-    """Random boxes (and maybe features) over random frames, with shot labels."""
-    n = draw(st.integers(1, 60))
-    frame = np.array(draw(st.lists(st.integers(0, 25), min_size=n, max_size=n)), dtype=np.int64)
+def detections(draw, max_n: int = 60, frames: int = 25, side: int = 60):
+    """Random boxes (and maybe features) over random frames, with shot labels; boxes on an
+    integer grid of ``side`` (a small side makes many exact ties of IoU)."""
+    n = draw(st.integers(1, max_n))
+    frame = np.array(draw(st.lists(st.integers(0, frames), min_size=n, max_size=n)), dtype=np.int64)
     if draw(st.booleans()):  # shots as cuts in time
-        cuts = np.array(sorted(draw(st.lists(st.integers(1, 25), max_size=4))), dtype=np.int64)
+        cuts = np.array(sorted(draw(st.lists(st.integers(1, frames), max_size=4))), dtype=np.int64)
         shot = np.searchsorted(cuts, frame, side="right").astype(np.int64)
     else:  # any shot per detection, even inconsistent within a frame
         shot = np.array(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), dtype=np.int64)
-    xy = draw(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(1, 40), st.integers(1, 40)),
-                       min_size=n, max_size=n))
+    xy = draw(st.lists(st.tuples(st.integers(0, side), st.integers(0, side), st.integers(1, 2 * side // 3),
+                                 st.integers(1, 2 * side // 3)), min_size=n, max_size=n))
     boxes = np.array(xy, dtype=np.float64) if draw(st.booleans()) else None
     features = None
     if boxes is None or draw(st.booleans()):

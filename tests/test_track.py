@@ -16,6 +16,7 @@ from proxytasks.manifest import Face, Manifest
 from proxytasks.rules import RuleSet
 from proxytasks.errors import ProxytasksError
 from proxytasks.track import TrackerConfig, detect_cuts, frame_step, iou_matrix, link, track_manifest
+from tests.test_properties import detections
 
 
 def test_iou_by_hand():
@@ -293,21 +294,9 @@ def test_link_equals_reference_on_many_crowded_shots(monkeypatch):
 
 @st.composite
 def _grid_detections(draw):
-    """Detections on a coarse grid, many exact ties of IoU and similarity."""
-    n = draw(st.integers(1, 50))
-    frame = np.array(draw(st.lists(st.integers(0, 20), min_size=n, max_size=n)), dtype=np.int64)
-    shot = np.array(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), dtype=np.int64)
-    if draw(st.booleans()):
-        shot = np.searchsorted([5, 12], frame, side="right").astype(np.int64)
-    xy = draw(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 30), st.integers(1, 30)),
-                       min_size=n, max_size=n))
-    boxes = np.array(xy, dtype=np.float64) if draw(st.booleans()) else None
-    features = None
-    if boxes is None or draw(st.booleans()):
-        raw = np.array(draw(st.lists(st.tuples(st.integers(-3, 3), st.integers(-3, 3)), min_size=n, max_size=n)),
-                       dtype=np.float64) + 0.5
-        features = raw / np.linalg.norm(raw, axis=1, keepdims=True)
-    cfg = TrackerConfig(max_gap=draw(st.integers(0, 3)), min_iou=draw(st.sampled_from([0.0, 0.2])),
+    """Detections on a coarse grid, many exact ties of IoU and similarity, and a tracker config."""
+    frame, shot, boxes, features, gap = draw(detections(max_n=50, frames=20, side=40))
+    cfg = TrackerConfig(max_gap=min(gap, 3), min_iou=draw(st.sampled_from([0.0, 0.2])),
                         min_similarity=draw(st.sampled_from([-1.0, 0.3])))
     return frame, shot, boxes, features, cfg
 
