@@ -313,8 +313,8 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
         if cfg.time_budget is not None and spent + 1.0 > cfg.time_budget:
             logger.warning("time budget: caching the trunk features took %.0f s of the %.0f s budget, so no "
                            "training step fits; the model is the better of the pretrained features and the "
-                           "KISSME start. Rerun into the same folder (the cache is reused) with --time-budget above %.0f s",
-                           spent, cfg.time_budget, spent + 60)
+                           "KISSME start. Rerun into the same folder (the cache is reused) with --time-budget "
+                           "above %.0f s", spent, cfg.time_budget, spent + 60)
     else:
         feats = np.asarray(features, dtype=np.float32)
         if feats.ndim != 3 or feats.shape[1:] != (len(manifest), embedder.in_dim) or not 1 <= len(feats) <= len(cfg.views):
@@ -391,8 +391,9 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
         step += 1
         seen_pairs += len(tup[0]) + len(tup[2])
         step_time = 0.9 * step_time + 0.1 * (time.perf_counter() - t0) if step_time else time.perf_counter() - t0
+        if step % cfg.eval_every == 0 or step == total or not ctx.active:
+            shown = distributed.total(loss.item(), ctx)  # the whole batch's loss: the sum of the ranks' shares
         if step % cfg.eval_every == 0 or step == total:
-            shown = distributed.total(loss.item(), ctx)  # the whole batch's loss
             score = _score(embedder, plain, vpos, vneg)
             log.append({"step": step, "loss": shown, "val_auc": score,
                         "seconds": round(time.perf_counter() - start, 3)})

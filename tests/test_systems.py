@@ -103,7 +103,9 @@ def test_fine_tune_global_time_budget_and_refusals(system):
     named = draw_named(manifest, 1)
     _, summary = fine_tune_global(embedder, prefix, pairs, named, GlobalConfig(steps=None, time_budget=4.0),
                                   progress=False)
-    assert summary["stopped"] == "time budget" and summary["steps"] >= 1 and summary["seconds"] <= 4.0
+    # the loop stops before a step would overrun (its own time plus a margin); a step slowed
+    # by other jobs after that check may still pass the budget a little
+    assert summary["stopped"] == "time budget" and summary["steps"] >= 1 and summary["seconds"] <= 4.5
     # without cannot-links (photos) the pair loss falls back to ntxent; without names it is the only loss
     _, summary = fine_tune_global(embedder, prefix, pairs.select("same-track"), {}, GlobalConfig(steps=3),
                                   progress=False)
