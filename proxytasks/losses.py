@@ -28,7 +28,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -354,9 +353,8 @@ def fit_kissme(features: np.ndarray, pos: tuple[np.ndarray, np.ndarray],
     if pca_dim < D:
         mean = x.mean(0, dtype=np.float64)
         cov = _gram(x) / N - np.outer(mean, mean)
-        # only the top pca_dim axes: about half the time of the whole decomposition at D = 1280
-        _, vecs = scipy.linalg.eigh(cov, subset_by_index=[D - pca_dim, D - 1], driver="evr", check_finite=False)
-        proj = vecs[:, ::-1].T  # (pca_dim, D), top axes first
+        _, vecs = np.linalg.eigh(cov)
+        proj = vecs[:, ::-1][:, :pca_dim].T  # (pca_dim, D), top axes first
         logger.info("KISSME: PCA %d -> %d before the metric (%d pairs of the rarer label)",
                     D, pca_dim, n_min)
         xp = np.concatenate([x[s:s + 16384].astype(np.float64) @ proj.T for s in range(0, N, 16384)])
