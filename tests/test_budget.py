@@ -110,6 +110,37 @@ def test_conclusion_explains_when_the_best_does_not_change():
     assert conclusion(nothing).startswith("No configuration could be run")
 
 
+def test_conclusion_texts_on_hand_made_sweeps():
+    """Each branch of the conclusion, word for word, on results whose right answer is known."""
+    seq = "sequential {} 1 of pairs, {} steps constant"
+    # a cheap configuration listed (run) only under the largest budget is the best of the smallest
+    # one too; between the budgets only the steps change
+    moved = _result({"10": [_cfg("sequential", "a", 9.0, 0.3, steps=100)],
+                     "100": [_cfg("sequential", "a", 6.0, 0.2, steps=50),
+                             _cfg("sequential", "a", 60.0, 0.1, steps=400)]})
+    _finish_rows(_Fixed(moved), moved["budgets"])
+    assert moved["budgets"]["10"]["best"]["steps"] == 50 and moved["budgets"]["100"]["best"]["steps"] == 400
+    assert conclusion(moved) == ("The best configuration changes with the budget (steps): at 10 s it is "
+                                 f"{seq.format('a', 50)} (error 0.2000, 6 s); at 100 s it is "
+                                 f"{seq.format('a', 400)} (error 0.1000, 60 s).")
+    # equal errors: the cheaper configuration is the best, so nothing changes
+    tie = _result({"10": [_cfg("sequential", "a", 5.0, 0.1)], "100": [_cfg("sequential", "b", 50.0, 0.1)]})
+    _finish_rows(_Fixed(tie), tie["budgets"])
+    assert conclusion(tie) == (f"The same configuration is best at every budget: {seq.format('a', 100)} (error "
+                               "0.1000) costs 5 s, which fits the smallest budget (10 s), and none of the 1 "
+                               "configurations that cost more than 10 s did better (the best of them: "
+                               f"{seq.format('b', 100)}, error 0.1000). On these faces more compute buys no "
+                               "lower error beyond it.")
+    late = _result({"10": [], "100": [_cfg("sequential", "a", 50.0, 0.1)]})
+    _finish_rows(_Fixed(late), late["budgets"])
+    assert late["budgets"]["10"]["best"] is None
+    assert conclusion(late) == (f"Nothing fits the smallest budget (10 s); at 100 s the best is "
+                                f"{seq.format('a', 100)} (error 0.1000, 50 s).")
+    one = _result({"10": [_cfg("independent", "a", 4.0, 0.4, steps=0), _cfg("sequential", "a", 9.0, 0.25)]})
+    _finish_rows(_Fixed(one), one["budgets"])
+    assert conclusion(one) == f"One budget (10 s): the best is {seq.format('a', 100)} (error 0.2500)."
+
+
 @pytest.mark.parametrize("args, culprit", [
     (["--budgets", "0,60"], "--budgets"),
     (["--budgets", "sixty"], "--budgets"),
@@ -180,14 +211,22 @@ def test_predicted_and_actual_seconds_are_recorded(sweep):
 def test_best_changes_or_is_explained_in_the_report(sweep):
     out, result, _, _ = sweep
     rows = result["budgets"]
+    run = [r for b in rows.values() for r in b["configs"] if r["status"] == "run"]
+    for key, b in rows.items():  # recomputed from every configuration run, whichever budget listed it
+        fit = [r for r in run if r["actual_s"] <= float(key)]
+        assert b["best"] == (min(fit, key=lambda r: (r["error"], r["actual_s"])) if fit else None), key
     lo, hi = rows["20"]["best"], rows["80"]["best"]
-    assert hi is not None and (lo is None or hi["error"] <= lo["error"])
+    assert hi is not None
     text = result["conclusion"]
-    if lo is not None and (lo["strategy"], lo["backbone"], lo["pairs"], lo["steps"]) != \
-            (hi["strategy"], hi["backbone"], hi["pairs"], hi["steps"]):
-        assert text.startswith("The best configuration changes with the budget")
+    assert text == conclusion(result)  # the branches' wording: test_conclusion_texts_on_hand_made_sweeps
+    fields = ("strategy", "backbone", "fraction", "steps", "lr_schedule", "joint_steps")
+    if lo is None:
+        expected = "Nothing fits the smallest budget (20 s); at 80 s the best is "
+    elif any(lo[f] != hi[f] for f in fields):
+        expected = "The best configuration changes with the budget ("
     else:
-        assert "The same configuration is best" in text or "Nothing fits" in text
+        expected = "The same configuration is best at every budget: "
+    assert text.startswith(expected), (expected, text)
     res = CliRunner().invoke(cli, ["-q", "report", str(out), "-o", str(out / "report.html")])
     assert res.exit_code == 0, res.output
     page = (out / "report.html").read_text()

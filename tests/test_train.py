@@ -21,6 +21,76 @@ def run(tmp_path, name, manifest, pairs, **kw):
     return folder, train(manifest, pairs, folder, TrainConfig(**{**FAST, **kw}), progress=False)
 
 
+def _best_scored(scores: dict) -> str:
+    """The candidate the selection must pick: the highest validation AUC, the trained head on ties."""
+    scored = {k: v for k, v in scores.items() if v is not None}
+    return max(scored, key=lambda k: (scored[k], k == "trained")) if scored else "trained"
+
+
+def _scene(n_ids=6, shots=20, frames=10, per_frame=3, seed=0):
+    """One video of ``shots`` shots; each shot shows ``per_frame`` of ``n_ids`` people in every
+    frame. Rule pairs: consecutive faces of a person in a shot are the same (a track), faces of
+    one frame are different. Returns (manifest, pairs, identity per face)."""
+    rng = np.random.default_rng(seed)
+    faces, ident, i, j, rule = [], [], [], [], []
+    for s in range(shots):
+        people = rng.choice(n_ids, per_frame, replace=False)
+        for f in range(frames):
+            frame = s * frames + f
+            row = list(range(len(faces), len(faces) + per_frame))
+            faces += [Face(id=f"{frame}-{k}", media="v", frame=frame, crop="x") for k in range(per_frame)]
+            ident += people.tolist()
+            for a in range(per_frame):
+                pairs = [(row[a], row[b], 1) for b in range(a + 1, per_frame)]  # same frame: different
+                pairs += [(row[a] - per_frame, row[a], 0)] if f else []  # the previous frame's face: same
+                for x, y, r in pairs:
+                    i.append(x), j.append(y), rule.append(r)
+    rules = [RuleInfo("same-track", "same", 1.0), RuleInfo("same-frame", "different", 1.0)]
+    return Manifest(faces), PairSet(np.array(i), np.array(j), np.array(rule), rules, len(faces)), np.array(ident)
+
+
+def _features(ident, nuisance=0.0, width=1280, seed=0):
+    """Trunk features (1 view): a unit vector per person, a whisper of noise, and optionally a
+    per-face nuisance of norm about 4 * ``nuisance`` in 16 fixed directions that swamps the
+    cosine of the raw features but that a linear head can learn to ignore."""
+    rng = np.random.default_rng(seed)
+    person = rng.standard_normal((ident.max() + 1, width))
+    x = person[ident] / np.linalg.norm(person[ident], axis=1, keepdims=True)
+    x = x + 0.02 * rng.standard_normal(x.shape) / np.sqrt(width)
+    if nuisance:
+        basis = np.linalg.qr(rng.standard_normal((width, 16)))[0].T
+        x = x + nuisance * rng.standard_normal((len(ident), 16)) @ basis
+    return x[None].astype(np.float32)
+
+
+def test_selection_keeps_the_trained_head_when_the_raw_features_are_swamped(tmp_path):
+    manifest, pairs, ident = _scene()
+    folder = tmp_path / "swamped"
+    summary = train(manifest, pairs, folder, TrainConfig(**{**FAST, "init": "random", "views": ("plain",)}),
+                    progress=False, features=_features(ident, nuisance=1.0))
+    scores = summary["scores"]
+    assert set(scores) == {"pretrained", "trained"}  # init="random": no KISSME candidate
+    assert scores["pretrained"] < 0.7 and scores["trained"] > 0.95
+    assert summary["selected"] == "trained"
+    model = Embedder.load(folder)
+    assert model.head_kind == "linear" and model.dim == 32
+
+
+def test_selection_keeps_the_pretrained_features_when_no_head_can_match_them(tmp_path):
+    # The raw features separate the people perfectly (held-out AUC 1). A head of width 1 maps
+    # every face to +1 or -1, so of the three different people in a held-out frame two share a
+    # sign: their cannot-link ties the must-links and neither KISSME nor the trained head reach 1.
+    manifest, pairs, ident = _scene()
+    folder = tmp_path / "narrow"
+    summary = train(manifest, pairs, folder, TrainConfig(**{**FAST, "dim": 1, "views": ("plain",)}),
+                    progress=False, features=_features(ident))
+    scores = summary["scores"]
+    assert scores["pretrained"] == 1.0 and scores["kissme"] < 1.0 and scores["trained"] < 1.0
+    assert summary["selected"] == "pretrained"
+    model = Embedder.load(folder)
+    assert model.head_kind == "identity" and model.dim == 1280
+
+
 def test_run_folder_holds_model_config_log_and_safe_checkpoint(tmp_path, small_episode):
     _, manifest, pairs = small_episode
     folder, summary = run(tmp_path, "run", manifest, pairs)
@@ -28,12 +98,14 @@ def test_run_folder_holds_model_config_log_and_safe_checkpoint(tmp_path, small_e
     assert cfg["backbone"] == "tf_efficientnet_lite0" and cfg["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     assert {"torch", "timm", "proxytasks"} <= set(cfg["versions"])
     assert cfg["options"]["steps"] == 30 and cfg["train"]["steps"] == 30
-    assert summary["loss"] == "track-supcon" and summary["selected"] in ("pretrained", "kissme", "trained")
+    assert summary["loss"] == "track-supcon" and set(summary["scores"]) == {"pretrained", "kissme", "trained"}
+    assert summary["selected"] == _best_scored(summary["scores"])
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [10, 20, 30]
     state = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert state["step"] == 30
     model = Embedder.load(folder)
+    assert model.dim == (1280 if summary["selected"] == "pretrained" else 32)  # the selected model is saved
     x = torch.randn(2, 3, 128, 128)
     out = model(x)
     assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
@@ -75,7 +147,13 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, small_episode):
     shutil.copy(small_episode[0] / "tracked.jsonl", folder / "unused.jsonl")
     summary = train(manifest, pairs, folder, TrainConfig(dim=32, time_budget=3.0, steps=None), progress=False)
     assert summary["stopped"] == "time budget"
-    assert (folder / "model.safetensors").is_file() and Embedder.load(folder).dim in (32, 1280)
+    assert summary["selected"] == _best_scored(summary["scores"])
+    # the saved model is the selected one: the trunk's own features (width 1280) or the 32-wide head
+    model = Embedder.load(folder)
+    if summary["selected"] == "pretrained":
+        assert model.head_kind == "identity" and model.dim == 1280
+    else:
+        assert model.head_kind == "linear" and model.dim == 32
     # caching all three views would take the whole budget: the first two only are cached
     with np.load(folder / "features.npz", allow_pickle=False) as z:
         assert z["features"].shape[:2] == (2, len(manifest))
