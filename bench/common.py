@@ -11,10 +11,11 @@ sys.path.insert(0, str(REPO))
 
 
 def emit(bench: str, metric: str, value: float | None, unit: str, peer: str, peer_value: float | None,
-         ratio: float | None, target: str, met: bool) -> dict:
-    """Print and return one result line (ratio: how many times better than the peer)."""
+         ratio: float | None, target: str, met: bool, **extra) -> dict:
+    """Print and return one result line (ratio: how many times better than the peer);
+    ``extra``: keys a script adds after the fixed ones (how it measured: calls, threads...)."""
     row = {"bench": bench, "metric": metric, "value": value, "unit": unit, "peer": peer,
-           "peer_value": peer_value, "ratio": ratio, "target": target, "met": bool(met)}
+           "peer_value": peer_value, "ratio": ratio, "target": target, "met": bool(met), **extra}
     print(json.dumps(row), flush=True)
     return row
 
