@@ -5,16 +5,19 @@ make (the one face_recognition's ``face_encodings`` feeds the network), by the b
 method the face and the installation allow, in this order:
 
 - ``"dlib-5pt"``: dlib and its 5-point shape predictor are installed. The predictor
-  runs inside the face box (``image`` + ``bbox``), or inside a crop-only face's crop
-  (see ``crop_margin``), and ``dlib.get_face_chip`` cuts the chip from the whole image;
-- ``"landmarks"``: no dlib, but the face has 5 detector ``landmarks`` (MTCNN order) in
-  its ``image``: a similarity transform puts them on :data:`DLIB_CHIP_TEMPLATE`, where
-  MTCNN finds them in dlib's own chips;
-- ``"crop"``: otherwise the box (or the crop) padded like a dlib chip and resized.
+  runs inside the face box: the face's ``bbox`` in its ``image``, or, for a face given
+  only as a crop, the face found inside the crop (:mod:`proxytasks.locate`: dlib's HOG
+  detector, then MTCNN, then the central region); ``dlib.get_face_chip`` cuts the chip;
+- ``"landmarks"``: no dlib, but 5 landmarks (MTCNN order) are known, the face's own in
+  its ``image`` or those MTCNN found inside its crop: a similarity transform puts them on
+  :data:`DLIB_CHIP_TEMPLATE`, where MTCNN finds them in dlib's own chips;
+- ``"crop"``: otherwise the box (or the face found in the crop) padded like a dlib chip
+  and resized.
 
 Faces are never dropped: an unreadable image raises :class:`ProxytasksError` naming the
-face. :meth:`DlibAligner.plan` counts the methods without reading any image, so callers
-can say how many faces got which alignment.
+face. :meth:`DlibAligner.prepare` finds the faces inside crops once, with a progress bar,
+and :meth:`DlibAligner.plan` then counts the methods, so callers can say how many faces
+got which alignment.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from .detect import similarity_transform
 from .dlib_resnet import PIP_INSTALL, dlib_model_path
 from .errors import ProxytasksError
 from .manifest import Face, Manifest
+from .locate import FaceLocator, Location, location_summary, needs_location
 from .media import read_image
 
 logger = logging.getLogger(__name__)
@@ -117,20 +121,17 @@ class DlibAligner:
     Args:
         size: chip side in pixels (dlib's default 150, the network's input).
         padding: padding around the face, as ``dlib.get_face_chip`` (0.25).
-        crop_margin: how crop-only faces (``crop`` without ``image`` + ``bbox``) were cut.
-            None (default): the crop is taken as the face box. A number (ingest's
-            ``--margin``, 0.2 by default there): the crop was grown by that fraction of the
-            box on each side; a face that still carries its ``bbox`` gets the box back
-            exactly as ingest cut it (clipping at the image's left/top included), one
-            without gets the central ``1 / (1 + 2 margin)`` of the crop.
+        locator: finds the face inside crop-only faces (default: a
+            :class:`~proxytasks.locate.FaceLocator`).
     """
 
     def __init__(self, size: int = CHIP_SIZE, padding: float = CHIP_PADDING,
-                 crop_margin: float | None = None) -> None:
-        if size < 1 or padding < 0 or (crop_margin is not None and crop_margin < 0):
-            raise ProxytasksError(f"DlibAligner: size must be >= 1, padding and crop_margin "
-                                  f">= 0 (got {size}, {padding}, {crop_margin})")
-        self.size, self.padding, self.crop_margin = int(size), float(padding), crop_margin
+                 locator: FaceLocator | None = None) -> None:
+        if size < 1 or padding < 0:
+            raise ProxytasksError(f"DlibAligner: size must be >= 1 and padding >= 0 (got {size}, {padding})")
+        self.size, self.padding = int(size), float(padding)
+        self.locator = locator or FaceLocator()
+        self.locations: dict[str, Location] = {}
         self._predictor: Any = None
         self._cached: tuple[Path, Image.Image] | None = None
 
@@ -141,11 +142,20 @@ class DlibAligner:
         return state
 
     # ------------------------------------------------------------------ planning
+    def prepare(self, manifest: Manifest, progress: bool = True) -> dict[str, int]:
+        """Find the face inside every crop-only face of ``manifest``, once (see
+        :mod:`proxytasks.locate`); returns ``{"faces", "found", "fallback"}``."""
+        self.locations.update(self.locator.locate_faces(manifest, progress=progress))
+        return location_summary({f.id: self.locations[f.id] for f in manifest.faces if f.id in self.locations})
+
     def method(self, face: Face) -> str:
         """Which of :data:`METHODS` ``face`` gets, from its fields and what is installed."""
         if dlib_available():
             return "dlib-5pt"
         if _has_landmarks(face):
+            return "landmarks"
+        loc = self.locations.get(face.id)
+        if needs_location(face) and loc is not None and loc.landmarks is not None:
             return "landmarks"
         return "crop"
 
@@ -172,14 +182,13 @@ class DlibAligner:
         if method == "dlib-5pt" and not dlib_available():
             raise ProxytasksError(f"face {face.id!r}: 'dlib-5pt' alignment needs dlib and its "
                                   f"shape predictor: {DLIB_PIP}; {PIP_INSTALL}")
-        if method == "landmarks" and not _has_landmarks(face):
+        image, box, marks = self._source(manifest, face, use_image=method == "landmarks" and _has_landmarks(face))
+        if method == "landmarks" and marks is None:
             raise ProxytasksError(f"face {face.id!r}: 'landmarks' alignment needs 'image' and 5 "
                                   f"'landmarks'")
-        image, box = self._source(manifest, face, use_image=method == "landmarks")
         if method == "dlib-5pt":
             return Image.fromarray(self._dlib_chip(np.asarray(image), box))
         if method == "landmarks":
-            marks = np.asarray(face.landmarks, dtype=np.float64)
             try:
                 matrix = similarity_transform(marks, _template(self.size, self.padding))
             except ProxytasksError as e:
@@ -187,41 +196,34 @@ class DlibAligner:
             return _warp(image, matrix, self.size)
         return self._padded_crop(image, box)
 
-    def _source(self, manifest: Manifest, face: Face,
-                use_image: bool = False) -> tuple[Image.Image, list[float] | None]:
-        """The image to cut from and the face box ``[x, y, w, h]`` in it (None: none known).
-
-        The face's ``image`` when it has a box (or ``use_image``), else its ``crop``.
-        """
-        from_image = _has_box(face) or use_image
-        path = manifest.resolve(face.image if from_image else face.crop)
+    def _read(self, manifest: Manifest, face: Face, name: str) -> Image.Image:
+        path = manifest.resolve(name)
         if self._cached is not None and self._cached[0] == path:
-            image = self._cached[1]
-        else:
-            try:
-                image = read_image(path)
-            except ProxytasksError as e:
-                raise ProxytasksError(f"face {face.id!r}: {e}") from None
-            self._cached = (path, image)  # faces of one frame come together
-        if from_image:
-            return image, None if face.bbox is None else list(face.bbox)
-        return image, self._box_in_crop(face, image.width, image.height)
+            return self._cached[1]
+        try:
+            image = read_image(path)
+        except ProxytasksError as e:
+            raise ProxytasksError(f"face {face.id!r}: {e}") from None
+        self._cached = (path, image)  # faces of one frame come together
+        return image
 
-    def _box_in_crop(self, face: Face, width: int, height: int) -> list[float]:
-        """A crop-only face's box in crop pixels (see ``crop_margin``)."""
-        m = self.crop_margin
-        if m is None or m == 0:
-            return [0.0, 0.0, float(width), float(height)]
-        if face.bbox is not None:
-            x, y, w, h = face.bbox
-            # ingest.crop_face: left = max(0, round(x - m w)), top = max(0, round(y - m h))
-            box = [x - max(0, round(x - m * w)), y - max(0, round(y - m * h)), w, h]
-            if box[0] + w <= width + 1 and box[1] + h <= height + 1:
-                return box
-            logger.debug("face %r: its bbox does not fit its crop with margin %s; using the "
-                         "central part", face.id, m)
-        w, h = width / (1 + 2 * m), height / (1 + 2 * m)
-        return [m * w, m * h, w, h]
+    def _source(self, manifest: Manifest, face: Face, use_image: bool = False
+                ) -> tuple[Image.Image, list[float] | None, np.ndarray | None]:
+        """The image to cut from, the face box ``[x, y, w, h]`` in it and 5 landmarks in it
+        (None: not known).
+
+        The face's ``image`` when it has a box (or ``use_image``); else its crop, with the
+        face found inside it (searched now when :meth:`prepare` did not).
+        """
+        if not needs_location(face) or use_image:
+            image = self._read(manifest, face, face.image)
+            marks = np.asarray(face.landmarks, dtype=np.float64) if _has_landmarks(face) else None
+            return image, None if face.bbox is None else list(face.bbox), marks
+        image = self._read(manifest, face, face.crop)
+        loc = self.locations.get(face.id)
+        if loc is None:
+            loc = self.locations[face.id] = self.locator.locate(image)
+        return image, list(loc.box), loc.landmarks
 
     def _dlib_chip(self, rgb: np.ndarray, box: list[float]) -> np.ndarray:
         import dlib
@@ -247,10 +249,6 @@ class DlibAligner:
         n = max(1, int(round(side)))
         region = image.crop((left, top, left + n, top + n))  # zero outside the image
         return region.resize((self.size, self.size), Image.Resampling.BILINEAR)
-
-
-def _has_box(face: Face) -> bool:
-    return face.image is not None and face.bbox is not None
 
 
 def _has_landmarks(face: Face) -> bool:

@@ -1,10 +1,16 @@
 """The naming benchmark (Contract 2): proxy training against the bare pretrained backbone.
 
-On a manifest whose faces carry ``identity``: tracking (when no ``track`` is given),
-the rules, proxy training within the time budget, then for each method, on the same
-seeded draws: clustering (number of people unknown), few-shot naming at k shots,
-and verification. Identities are read only for evaluation: training sees rule pairs.
-Writes ``DIR/metrics.json`` atomically.
+On a manifest whose faces carry ``identity``: tracking (always: a ``track`` given in
+the manifest may come from ground truth, and is kept only when asked), the rules, proxy
+training within the time budget, then for each method, on the same seeded draws:
+clustering (number of people unknown), few-shot naming at k shots, and verification.
+Identities are read only for evaluation: training sees rule pairs. Writes
+``DIR/metrics.json`` atomically.
+
+The protocol cannot flatter a method that carries names along tracks ("track-disjoint"):
+naming is scored only on faces that share no track with a face whose name was given,
+and verification only on pairs of faces from different tracks (same-track pairs are
+near-duplicates, and were training positives).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_RULES = "same-frame,same-track,track-cooccurrence,same-photo"
 DLIB_BACKBONE = "dlib_resnet29"
 PEERS = ("face_recognition", "proxy_dlib")
+PROTOCOL = "track-disjoint"
 
 
 Namer = Callable[[dict[int, str], int], Sequence[str | None]]  # (named faces, seed) -> a name per face
@@ -44,17 +51,29 @@ def identities(manifest: Manifest) -> np.ndarray:
     return np.array([f.identity if f.identity is not None else "" for f in manifest.faces], dtype=object)
 
 
-def naming_scores(identity: np.ndarray, namer: Namer, k: int, repeats: int, seed: int
-                  ) -> tuple[float | None, float | None]:
+def track_groups(groups: np.ndarray | None, n: int) -> np.ndarray:
+    """One group per face: its track group, or a group of its own where it has none (-1)."""
+    if groups is None:
+        return np.arange(n, dtype=np.int64)
+    g = np.asarray(groups, dtype=np.int64).copy()
+    alone = g < 0
+    g[alone] = g.max(initial=-1) + 1 + np.arange(int(alone.sum()))
+    return g
+
+
+def naming_scores(identity: np.ndarray, namer: Namer, k: int, repeats: int, seed: int,
+                  groups: np.ndarray | None = None) -> tuple[float | None, float | None]:
     """Mean naming accuracy and macro-F1 at ``k`` shots over ``repeats`` seeded draws.
 
     Each draw gives ``namer`` k faces per identity (among identities with at least k+1
-    faces; "" is unknown); both scores are over the other faces of those identities.
-    None when no identity has k+1 faces.
+    faces; "" is unknown); both scores are over the other faces of those identities that
+    share no track (``groups``: a track group per face, -1 none) with a drawn face.
+    None when no identity has k+1 faces, or no face is left to score.
     """
     from .metrics import few_shot_draw, macro_f1, naming_accuracy
 
     known = identity != ""
+    group = track_groups(groups, len(identity))
     accs, f1s = [], []
     for r in range(repeats):
         rng = np.random.default_rng([seed, k, r])
@@ -62,8 +81,9 @@ def naming_scores(identity: np.ndarray, namer: Namer, k: int, repeats: int, seed
         if not len(drawn):
             break
         names = namer({int(i): identity[i] for i in drawn}, seed + r)
-        evaluated = known & np.isin(identity, identity[drawn])
-        evaluated[drawn] = False
+        evaluated = known & np.isin(identity, identity[drawn]) & ~np.isin(group, group[drawn])
+        if not evaluated.any():
+            continue
         true = identity[evaluated]
         pred = [names[i] for i in np.flatnonzero(evaluated)]
         accs.append(naming_accuracy(true, pred))
@@ -72,24 +92,29 @@ def naming_scores(identity: np.ndarray, namer: Namer, k: int, repeats: int, seed
 
 
 def evaluate_method(vectors: np.ndarray, manifest: Manifest, clusters: np.ndarray, namer: Namer,
-                    shots: Sequence[int], repeats: int, seed: int, metric: str = "cosine") -> dict[str, Any]:
+                    shots: Sequence[int], repeats: int, seed: int, metric: str = "cosine",
+                    groups: np.ndarray | None = None) -> dict[str, Any]:
     """Clustering, few-shot naming and verification of one method, with the contract's keys.
 
-    Naming at k shots: k faces per identity (among identities with at least k+1 faces)
-    are the only names ``namer`` is given; accuracy and macro-F1 are over the other faces
-    of those identities, averaged over ``repeats`` seeded draws shared by every method.
-    Verification scores face pairs by ``metric`` (cosine or euclidean) of ``vectors``.
+    Naming at k shots (track-disjoint): k faces per identity (among identities with at
+    least k+1 faces) are the only names ``namer`` is given; accuracy and macro-F1 are
+    over the other faces of those identities that share no track (``groups``) with them,
+    averaged over ``repeats`` seeded draws shared by every method. Verification scores
+    pairs of faces from different tracks by ``metric`` (cosine or euclidean) of ``vectors``.
     """
     from .metrics import clustering_metrics, verification_metrics
 
     identity = identities(manifest)
     known = identity != ""
+    group = track_groups(groups, len(identity))
     out: dict[str, Any] = {"naming": {}, "naming_macro_f1": {}}
     for k in shots:
-        out["naming"][str(k)], out["naming_macro_f1"][str(k)] = naming_scores(identity, namer, k, repeats, seed)
+        out["naming"][str(k)], out["naming_macro_f1"][str(k)] = naming_scores(identity, namer, k, repeats, seed,
+                                                                              group)
     cm = clustering_metrics(identity[known], clusters[known])
     out["clustering"] = {key: cm[key] for key in ("wcp", "nmi", "bcubed_f1", "clusters")}
-    out["verification"] = verification_metrics(vectors[known], identity[known], seed=seed, metric=metric)
+    out["verification"] = verification_metrics(vectors[known], identity[known], seed=seed, metric=metric,
+                                               groups=group[known])
     return out
 
 
@@ -107,12 +132,25 @@ def _proxy_run(manifest: Manifest, pairs: Any, run: Path, cfg: Any, progress: bo
     return trained, pretrained, head_vectors(Embedder.load(run), plain)
 
 
-def tracked_pairs(manifest: Manifest, out: Path, progress: bool = True) -> tuple[Manifest, Any]:
+def tracked_pairs(manifest: Manifest, out: Path, progress: bool = True, keep_tracks: bool = True
+                  ) -> tuple[Manifest, Any]:
     """The manifest tracked (when it has video frames and no track; written to
-    ``out/tracked.jsonl``) and its pairs by the default rules (written to ``out/pairs.npz``)."""
+    ``out/tracked.jsonl``) and its pairs by the default rules (written to ``out/pairs.npz``).
+
+    ``keep_tracks=False`` drops the tracks the manifest gives first (they may come from
+    ground truth), so the faces are always tracked here.
+    """
     from .rules import RuleSet
     from .track import track_manifest
 
+    given = sum(f.track is not None for f in manifest.faces)
+    if given and not keep_tracks:
+        logger.info("the %d tracks given in the manifest are dropped and the faces tracked again "
+                    "(--keep-tracks uses them)", len({(f.media, f.track) for f in manifest.faces if f.track}))
+        manifest = manifest.replace(track=[None] * len(manifest))
+    elif given:
+        logger.warning("the manifest's own tracks are used as they are (--keep-tracks): tracks taken from ground "
+                       "truth flatter every method that carries names along tracks")
     if all(f.track is None for f in manifest.faces) and any(f.frame is not None for f in manifest.faces):
         manifest = track_manifest(manifest, progress=progress)
         manifest.write(out / "tracked.jsonl")
@@ -136,11 +174,43 @@ def peer_status(backbone: str) -> dict[str, str | None]:
     return status
 
 
+def face_recognition_peer(manifest: Manifest, shots: Sequence[int], repeats: int, seed: int,
+                          groups: np.ndarray, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The face_recognition peer as its users run it (:mod:`proxytasks.peers`).
+
+    Returns ``(method, variants)``: ``variants`` holds chinese whispers at each threshold of
+    dlib's examples (``whispers_0.5``, ``whispers_0.6``), both with the nearest named face
+    within 0.6 as the naming rule, and ``knn``: face_recognition_knn.py's rule with the
+    clustering of the better whispers. ``method`` is the whispers variant with the better
+    BCubed F1 (the peer gets the benefit of the doubt). The peer uses no track:
+    ``groups`` only keeps the scoring track-disjoint, as for every method.
+    """
+    from .metrics import clustering_metrics
+    from .peers import WHISPERS_THRESHOLDS, chinese_whispers, face_recognition_descriptors, knn_names, nearest_names
+
+    desc = face_recognition_descriptors(manifest, progress=progress)
+    identity = identities(manifest)
+    known = identity != ""
+    labels = {t: chinese_whispers(desc, t) for t in WHISPERS_THRESHOLDS}
+    f1 = {t: clustering_metrics(identity[known], labels[t][known])["bcubed_f1"] for t in WHISPERS_THRESHOLDS}
+    best = max(WHISPERS_THRESHOLDS, key=lambda t: (f1[t], t))
+
+    def run(clusters: np.ndarray, namer: Namer) -> dict[str, Any]:
+        return evaluate_method(desc, manifest, clusters, namer, shots, repeats, seed, metric="euclidean",
+                               groups=groups)
+
+    nearest: Namer = lambda named, _: nearest_names(desc, named)  # noqa: E731
+    variants = {f"whispers_{t}": run(labels[t], nearest) for t in WHISPERS_THRESHOLDS}
+    variants["knn"] = run(labels[best], lambda named, _: knn_names(desc, named))
+    return variants[f"whispers_{best}"], variants
+
+
 def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, backbone: str = "tf_efficientnet_lite0",
                   weights: str | None = None, time_budget: float = 300.0, shots: Sequence[int] = (1, 5, 20),
                   repeats: int = 5, seed: int = 0, progress: bool = True,
                   train_steps: int | None = None, active: Sequence[str] = (), active_budget: int | None = None,
-                  active_batch: int = 5, peers: Sequence[str] | None = None) -> dict[str, Any]:
+                  active_batch: int = 5, peers: Sequence[str] | None = None,
+                  keep_tracks: bool = False) -> dict[str, Any]:
     """Run the benchmark and write ``out/metrics.json``; returns the metrics.
 
     ``train_steps`` fixes the number of optimisation steps (still within the budget),
@@ -149,10 +219,12 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     (rounds of ``active_batch``, up to ``active_budget`` names, default four per
     identity) on the proxy embedding, under ``"active"``. ``peers`` (None: every one
     this machine can run, see :func:`peer_status`) adds methods: ``face_recognition``
-    (dlib's own pipeline: its descriptors of dlib-aligned chips, chinese whispers at
-    Euclidean 0.6, kNN naming) and ``proxy_dlib`` (proxy training from dlib's face
-    ResNet, with its own ``time_budget``; the same run as ``proxy`` when ``backbone``
-    is already ``dlib_resnet29``).
+    (dlib's pipeline as its users run it, see :func:`face_recognition_peer`) and
+    ``proxy_dlib`` (proxy training from dlib's face ResNet, with its own ``time_budget``;
+    the same run as ``proxy`` when ``backbone`` is already ``dlib_resnet29``), which
+    comes with ``pretrained_dlib``: dlib's frozen descriptors through the toolkit's own
+    tracks, clustering and naming. ``keep_tracks`` uses the manifest's own tracks instead
+    of tracking the faces (they may come from ground truth: a warning says so).
     """
     from .cluster import cluster_faces, constraint_arrays
     from .evaluate import audit_pairs
@@ -180,42 +252,55 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     if not any(f.identity is not None for f in manifest.faces):
         raise ProxytasksError(f"{manifest_path}: no face carries 'identity'; the benchmark needs ground truth")
     summary = manifest.summary()
-    manifest, pairs = tracked_pairs(manifest, out, progress)
+    manifest, pairs = tracked_pairs(manifest, out, progress, keep_tracks=keep_tracks)
     audit = audit_pairs(manifest, pairs)
     rules = {name: {k: r[k] for k in ("pairs", "label", "precision", "faces_covered")}
              for name, r in audit["rules"].items()}
+    dlib_backbone = backbone.split(".")[0] == DLIB_BACKBONE
+    alignment = None
+    if dlib_backbone or peers:
+        from .locate import FaceLocator, location_summary
+
+        # found once here; every dlib method below reads them from the locator's cache
+        alignment = location_summary(FaceLocator().locate_faces(manifest, progress=progress))
     cfg = TrainConfig(backbone=backbone, weights=weights, time_budget=time_budget, seed=seed, steps=train_steps)
     trained, pretrained, proxy = _proxy_run(manifest, pairs, out / "run", cfg, progress)
     groups, cannot = constraint_arrays(manifest, pairs)
     vectors = {"pretrained": pretrained, "proxy": proxy}
     if "proxy_dlib" in peers:
-        if backbone.split(".")[0] == DLIB_BACKBONE:
-            vectors["proxy_dlib"] = proxy
+        if dlib_backbone:
+            vectors["pretrained_dlib"], vectors["proxy_dlib"] = pretrained, proxy
         else:
             dlib_cfg = TrainConfig(backbone=DLIB_BACKBONE, time_budget=time_budget, seed=seed, steps=train_steps)
-            vectors["proxy_dlib"] = _proxy_run(manifest, pairs, out / "run_dlib", dlib_cfg, progress)[2]
+            _, vectors["pretrained_dlib"], vectors["proxy_dlib"] = _proxy_run(manifest, pairs, out / "run_dlib",
+                                                                              dlib_cfg, progress)
     methods, clusters = {}, {}
     for name, x in vectors.items():
         t0 = time.perf_counter()
         clusters[name] = cluster_faces(x, groups=groups, cannot_links=cannot, seed=seed).labels
         methods[name] = evaluate_method(x, manifest, clusters[name], toolkit_namer(x, groups, clusters[name]),
-                                        shots, repeats, seed)
+                                        shots, repeats, seed, groups=groups)
         logger.info("evaluated %s in %.1f s", name, time.perf_counter() - t0)
+    variants = {}
     if "face_recognition" in peers:
-        from .peers import chinese_whispers, face_recognition_descriptors, knn_names
-
         t0 = time.perf_counter()
-        desc = face_recognition_descriptors(manifest, progress=progress)
-        methods["face_recognition"] = evaluate_method(desc, manifest, chinese_whispers(desc),
-                                                      lambda named, _: knn_names(desc, named),
-                                                      shots, repeats, seed, metric="euclidean")
+        methods["face_recognition"], variants["face_recognition"] = face_recognition_peer(
+            manifest, shots, repeats, seed, groups, progress)
         logger.info("evaluated face_recognition in %.1f s", time.perf_counter() - t0)
-    metrics = {
+    metrics: dict[str, Any] = {
         "dataset": {k: summary[k] for k in ("faces", "identities", "media", "frames")},
+        "protocol": PROTOCOL,
         "rules": rules,
         "methods": methods,
-        "train": {"seconds": trained["seconds"], "pairs": trained["pairs"], "steps": trained["steps"]},
     }
+    if variants:
+        metrics["peer_variants"] = variants
+    if alignment is not None:
+        metrics["alignment"] = alignment
+        if alignment["fallback"]:
+            logger.warning("faces in crops: %d of %d not found by a detector; their central region was used",
+                           alignment["fallback"], alignment["faces"])
+    metrics["train"] = {"seconds": trained["seconds"], "pairs": trained["pairs"], "steps": trained["steps"]}
     if active:
         from .active import active_curve
 

@@ -117,6 +117,7 @@ def trunk_features(embedder: Embedder, manifest: Manifest, views: Sequence[str] 
     transform = embedder.transform()
     aligner = embedder.aligner()
     if aligner is not None:
+        aligner.prepare(manifest, progress=progress)
         plan = aligner.plan(manifest)
         logger.info("faces for %s: %s", embedder.backbone, ", ".join(f"{n} {how}" for how, n in plan.most_common()))
         if plan.get("crop"):

@@ -33,6 +33,14 @@ DEFAULT_INPUT_SIZE = 128  # faces are small; 4x faster than 224 on CPU
 # Backbones trained on aligned face chips: their faces are aligned the same way
 # (proxytasks.align), and they keep their own input size.
 ALIGNMENT = {"dlib_resnet29": "dlib"}
+#: The part of a face each kind of backbone sees, recorded in every run's config. Face
+#: networks see the aligned chip of the face (found inside a crop first:
+#: proxytasks.locate). ImageNet backbones see the whole crop (or the box): on a sitcom clip
+#: given as crops with a wide margin, tf_efficientnet_lite0 named better on the whole crop
+#: than on its central 2/3 (naming@5 0.853 vs 0.809, cross-track ROC-AUC 0.854 vs 0.814):
+#: hair, clothes and set carry identity there; bench/input_region.py measures it on the
+#: crops of ../shared/data.
+INPUT_REGIONS = {"dlib": "aligned-face", None: "crop"}
 FORMAT_VERSION = 2  # 2: config.json holds model_sha256
 
 
@@ -122,6 +130,7 @@ class Embedder(nn.Module):
         pre = self.preprocessing
         return {"format_version": FORMAT_VERSION, "backbone": self.backbone, "head": self.head_kind,
                 "dim": self.dim, "in_dim": self.in_dim, "input_size": self.input_size, "alignment": self.alignment,
+                "input_region": INPUT_REGIONS[self.alignment],
                 "weights_origin": self.weights_origin,
                 "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
                 "versions": library_versions()}

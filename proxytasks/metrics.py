@@ -225,21 +225,27 @@ def _sample_pairs(codes: np.ndarray, max_pairs: int, rng: np.random.Generator
 
 
 def verification_metrics(vectors: np.ndarray, identities: Sequence[Any], max_pairs: int = 2_000_000,
-                         seed: int = 0, metric: str = "cosine") -> dict[str, float | None]:
+                         seed: int = 0, metric: str = "cosine", groups: Sequence[int] | None = None
+                         ) -> dict[str, float | None]:
     """ROC-AUC and TAR at FAR 1e-3 of cosine similarity (or, with ``metric="euclidean"``,
     of minus the Euclidean distance, as dlib compares its descriptors) on face pairs.
 
     All pairs when ``N(N-1)/2 <= max_pairs``, else a seeded sample: every positive pair
     while they fit in half the budget (else half the budget drawn among them), and
-    random negative pairs for the rest. Faces with identity None are left out. Values
-    are None when there is no positive or no negative pair.
+    random negative pairs for the rest. Faces with identity None are left out. With
+    ``groups`` (e.g. a track per face), pairs within one group are not scored: only
+    pairs across groups count. Values are None when there is no positive or no
+    negative pair.
     """
     x = np.asarray(vectors, dtype=np.float32)
     codes = _codes(identities)
     if x.ndim != 2 or len(x) != len(codes):
         raise ValueError(f"vectors {x.shape} do not match {len(codes)} identities")
+    group = np.arange(len(codes)) if groups is None else np.asarray(groups).reshape(-1)
+    if len(group) != len(codes):
+        raise ValueError(f"groups ({len(group)}) do not match {len(codes)} identities")
     keep = codes >= 0
-    x, codes = x[keep], codes[keep]
+    x, codes, group = x[keep], codes[keep], group[keep]
     _, codes = np.unique(codes, return_inverse=True)
     codes = codes.reshape(-1)
     if metric not in ("cosine", "euclidean"):
@@ -259,6 +265,8 @@ def verification_metrics(vectors: np.ndarray, identities: Sequence[Any], max_pai
             dots[s:s + step] = np.einsum("ij,ij->i", x[i[s:s + step]], x[j[s:s + step]])
     # cosine: the dot product of unit vectors; euclidean: -|a - b| = -sqrt(|a|^2 + |b|^2 - 2 a.b)
     sims = dots if metric == "cosine" else -np.sqrt(np.maximum(norms[i] ** 2 + norms[j] ** 2 - 2 * dots, 0.0))
+    across = group[i] != group[j]
+    sims, i, j = sims[across], i[across], j[across]
     positive = codes[i] == codes[j]
     logger.debug("verification on %d pairs (%d positive)", len(i), int(positive.sum()))
     return {"roc_auc": roc_auc(sims, positive), "tar_at_far_1e-3": tar_at_far(sims, positive)}

@@ -1,11 +1,28 @@
 """The face_recognition peer: what a user of dlib / face_recognition does with the faces.
 
-Descriptors from dlib's own ``face_recognition_model_v1`` on dlib-aligned chips
-(:class:`~proxytasks.align.DlibAligner`), clustering with dlib's Chinese whispers at
-the Euclidean threshold 0.6 of dlib's face clustering example, and naming with the
-k-nearest-neighbour rule of face_recognition's ``examples/face_recognition_knn.py``
-(re-implemented in numpy: scikit-learn is not a dependency). dlib is imported inside
-the functions, so proxytasks imports without it.
+Each setting is the one its users meet first:
+
+- Finding the face: ``face_recognition.face_encodings(image)`` calls
+  ``face_locations(image)``, dlib's HOG detector upsampled once
+  (``number_of_times_to_upsample=1``, ``model="hog"``), then dlib's 5-point predictor
+  (``model="small"``) and ``dlib.get_face_chip`` (150x150, padding 0.25). A face given
+  as ``image`` + ``bbox`` keeps its box (as ``face_encodings(image,
+  known_face_locations=...)``); a face given only as a crop is found inside the crop by
+  HOG, the detection nearest the crop centre kept (:mod:`proxytasks.locate`; where HOG
+  finds nothing, MTCNN and then the central region, so no face is dropped and the peer
+  gets the benefit of the doubt).
+- Descriptors: dlib's ``face_recognition_model_v1`` (``num_jitters=1``), or its exact
+  torch port (:mod:`proxytasks.dlib_resnet`).
+- Clustering: ``dlib.chinese_whispers_clustering`` on Euclidean distances, at 0.5 in
+  dlib's Python example (``python_examples/face_clustering.py``) and at 0.6 in its C++
+  example (``examples/dnn_face_recognition_ex.cpp``): :data:`WHISPERS_THRESHOLDS`.
+- Naming: the nearest named face within ``tolerance=0.6``, the default of
+  ``face_recognition.compare_faces`` and the way ``face_distance`` is used in its
+  examples (``examples/facerec_from_webcam_faster.py``: the best match among the known
+  faces, if it matches): :func:`nearest_names`; the k-nearest-neighbour rule of
+  ``examples/face_recognition_knn.py`` as a variant: :func:`knn_names`.
+
+dlib is imported inside the functions, so proxytasks imports without it.
 """
 from __future__ import annotations
 
@@ -24,8 +41,12 @@ from .manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
-#: dlib's same-person threshold on the Euclidean distance of descriptors.
+#: dlib's same-person threshold on the Euclidean distance of descriptors
+#: (``face_recognition.compare_faces``' default ``tolerance``).
 THRESHOLD = 0.6
+#: Chinese whispers thresholds of dlib's examples: Python ``face_clustering.py`` 0.5, C++
+#: ``dnn_face_recognition_ex.cpp`` 0.6.
+WHISPERS_THRESHOLDS = (0.5, 0.6)
 #: Above this many faces, dlib's Chinese whispers (all pairs) gets slow.
 WHISPERS_WARN = 20_000
 
@@ -58,9 +79,13 @@ def face_recognition_descriptors(manifest: Manifest, aligner: DlibAligner | None
                                  progress: bool = True, batch_size: int = 32, engine: str = "torch") -> np.ndarray:
     """dlib's 128-d descriptor of every face, as ``face_recognition.face_encodings``.
 
+    Faces given only as crops are first found inside their crop (dlib's HOG detector
+    upsampled once, as ``face_locations``; see :mod:`proxytasks.locate`).
+
     Args:
         manifest: the faces.
-        aligner: makes the 150x150 chips (default: a :class:`DlibAligner`).
+        aligner: makes the 150x150 chips (default: a :class:`DlibAligner`); its
+            ``locations`` hold the faces found in crops afterwards.
         progress: show a progress bar.
         batch_size: chips per forward pass.
         engine: ``"dlib"`` runs dlib's own ``compute_face_descriptor``; ``"torch"`` the
@@ -82,6 +107,7 @@ def face_recognition_descriptors(manifest: Manifest, aligner: DlibAligner | None
         raise ProxytasksError(f"unknown descriptor engine {engine!r}: choose {' or '.join(ENGINES)}")
     dlib = _dlib()
     aligner = aligner or DlibAligner()
+    aligner.prepare(manifest, progress=progress)
     logger.info("face_recognition peer: %s", plan_message(aligner.plan(manifest)))
     if engine == "dlib":
         describe = dlib.face_recognition_model_v1(str(dlib_model_path())).compute_face_descriptor
@@ -103,8 +129,8 @@ def face_recognition_descriptors(manifest: Manifest, aligner: DlibAligner | None
 def chinese_whispers(descriptors: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     """Cluster descriptors with ``dlib.chinese_whispers_clustering``.
 
-    Faces closer than ``threshold`` (Euclidean) are linked, as in dlib's
-    ``face_clustering.py`` example. dlib compares all pairs: fine for a few thousand
+    Faces closer than ``threshold`` (Euclidean) are linked: 0.5 in dlib's Python example
+    ``face_clustering.py``, 0.6 in its C++ example ``dnn_face_recognition_ex.cpp``. dlib compares all pairs: fine for a few thousand
     faces, slow beyond some tens of thousands (a warning is logged above 20,000).
 
     Returns:
@@ -124,6 +150,52 @@ def chinese_whispers(descriptors: np.ndarray, threshold: float = THRESHOLD) -> n
     labels = dlib.chinese_whispers_clustering([dlib.vector(row.tolist()) for row in descriptors],
                                               float(threshold))
     return np.asarray(labels, dtype=np.int64)
+
+
+def nearest_names(descriptors: np.ndarray, named: dict[int, str], tolerance: float = THRESHOLD,
+                  chunk: int = 4096) -> list[str | None]:
+    """Name each face after the nearest named face, if it is within ``tolerance``.
+
+    How face_recognition's users name faces: ``face_distance(known_encodings, face)``,
+    the best (smallest) distance taken, and ``compare_faces``' ``tolerance=0.6`` decides
+    whether it is a match (``examples/facerec_from_webcam_faster.py``). Ties go to the
+    named face that comes first. Named faces keep their own name; a face with no named
+    face within ``tolerance`` is unknown (None).
+
+    Args:
+        descriptors: (N, D) face descriptors.
+        named: face index -> name, the names given.
+        tolerance: largest Euclidean distance of a match.
+        chunk: faces compared at a time (bounds memory at chunk x len(named)).
+    """
+    x, train = _check_named(descriptors, named, "nearest_names")
+    out: list[str | None] = [None] * len(x)
+    if not len(train):
+        return out
+    names = [named[int(i)] for i in train]
+    ref = x[train]
+    for start in range(0, len(x), chunk):
+        dist = cdist(x[start:start + chunk], ref)
+        best = dist.argmin(axis=1)
+        for j, b in enumerate(best):
+            if dist[j, b] <= tolerance:
+                out[start + j] = names[b]
+    for i, name in named.items():
+        out[i] = name
+    return out
+
+
+def _check_named(descriptors: np.ndarray, named: dict[int, str], who: str) -> tuple[np.ndarray, np.ndarray]:
+    """(descriptors as float64, sorted named indices), checked."""
+    x = np.asarray(descriptors, dtype=np.float64)
+    if x.ndim != 2:
+        raise ProxytasksError(f"{who}: descriptors must be (N, D), got shape {x.shape}")
+    bad = [i for i in named if not 0 <= i < len(x)]
+    if bad:
+        raise ProxytasksError(f"{who}: named face index {bad[0]} is outside 0..{len(x) - 1}")
+    if not named:
+        logger.warning("%s: no named face; every face is unknown", who)
+    return x, np.array(sorted(named), dtype=np.int64)
 
 
 def knn_names(descriptors: np.ndarray, named: dict[int, str], threshold: float = THRESHOLD,
@@ -148,17 +220,10 @@ def knn_names(descriptors: np.ndarray, named: dict[int, str], threshold: float =
     Returns:
         A name or None per face.
     """
-    x = np.asarray(descriptors, dtype=np.float64)
-    if x.ndim != 2:
-        raise ProxytasksError(f"knn_names: descriptors must be (N, D), got shape {x.shape}")
-    bad = [i for i in named if not 0 <= i < len(x)]
-    if bad:
-        raise ProxytasksError(f"knn_names: named face index {bad[0]} is outside 0..{len(x) - 1}")
+    x, train = _check_named(descriptors, named, "knn_names")
     out: list[str | None] = [None] * len(x)
-    if not named:
-        logger.warning("knn_names: no named face; every face is unknown")
+    if not len(train):
         return out
-    train = np.array(sorted(named), dtype=np.int64)
     classes, codes = np.unique(np.array([str(named[int(i)]) for i in train]), return_inverse=True)
     k = max(1, int(round(math.sqrt(len(train)))))
     ref = x[train]

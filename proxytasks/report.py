@@ -489,6 +489,12 @@ class _Page:
         if not methods:
             return '<p class="note">metrics.json holds no methods.</p>'
         names = sorted(methods, key=lambda k: (k != "pretrained", k != "proxy", k))
+        variants = metrics.get("peer_variants")
+        for peer, table in (variants.items() if isinstance(variants, dict) else ()):
+            for variant, m in (table.items() if isinstance(table, dict) else ()):
+                if isinstance(m, dict):
+                    methods[f"{peer} ({variant})"] = m
+                    names.append(f"{peer} ({variant})")
         shots = {str(k) for m in methods.values() for part in ("naming", "naming_macro_f1")
                  if isinstance(m.get(part), dict) for k in m[part]}
         shots = sorted(shots, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
@@ -513,6 +519,15 @@ class _Page:
                          f"{_num(train.get('steps'))} steps")
         if _finite(metrics.get("seconds")):
             facts.append(f"benchmark run: {metrics['seconds']:.0f} s")
+        if metrics.get("protocol") == "track-disjoint":
+            facts.append("naming scored track-disjoint (faces sharing a track with a named face are not scored), "
+                         "verification on pairs of faces from different tracks")
+        align = metrics.get("alignment")
+        if isinstance(align, dict) and _finite(align.get("faces")) and align["faces"]:
+            share = 100.0 * (align.get("fallback") or 0) / align["faces"]
+            facts.append(f"faces given as crops: {_num(align['faces'])}, the face found inside by a detector in "
+                         f"{_num(align.get('found'))}, the central region used for {_num(align.get('fallback'))} "
+                         f"({share:.1f}%)")
         if facts:
             out.append(f'<p class="note">{"; ".join(facts)}. Bold: the better method.</p>')
         return "".join(out)

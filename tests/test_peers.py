@@ -15,16 +15,13 @@ from proxytasks.metrics import clustering_metrics
 from proxytasks.peers import chinese_whispers, dlib_peer_available, face_recognition_descriptors, \
     knn_names
 
-from .conftest import shared
+from .conftest import needs_dlib, shared
 
 
 @pytest.fixture(scope="module")
 def bbt(tmp_path_factory) -> tuple[Manifest, np.ndarray]:
     """The 40 bbt faces (8 people x 5 crops) and their dlib descriptors."""
-    pytest.importorskip("dlib", reason="dlib is absent: pip install dlib-bin==20.0.1.post1")
-    ok, reason = dlib_peer_available()
-    if not ok:
-        pytest.skip(reason)
+    needs_dlib()
     from data_tools.importers import import_folders
 
     manifest = import_folders(shared("bbt", "images"), tmp_path_factory.mktemp("bbt") / "bbt.jsonl")
@@ -59,7 +56,7 @@ def test_chinese_whispers_finds_the_people(bbt: tuple[Manifest, np.ndarray]) -> 
 
 def test_chinese_whispers_warns_on_many_faces(monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture) -> None:
-    pytest.importorskip("dlib", reason="dlib is absent: pip install dlib-bin==20.0.1.post1")
+    needs_dlib()
     monkeypatch.setattr(peers, "WHISPERS_WARN", 3)
     points = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
     with caplog.at_level(logging.WARNING, logger="proxytasks.peers"):

@@ -214,3 +214,18 @@ def test_report_renders_in_a_browser(run_dir, tmp_path):
                 assert points and min(points) > 0
         finally:
             browser.close()
+
+
+def test_methods_show_protocol_alignment_and_peer_variants(run_dir, tmp_path):
+    run, _ = run_dir
+    metrics = json.loads((run / "benchmark" / "metrics.json").read_text())
+    peer = dict(metrics["methods"]["proxy"])
+    metrics.update(protocol="track-disjoint", alignment={"faces": 40, "found": 30, "fallback": 10},
+                   peer_variants={"face_recognition": {"whispers_0.5": peer, "knn": peer}})
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "metrics.json").write_text(json.dumps(metrics))
+    write_report(tmp_path / "part", tmp_path / "r.html", progress=False)
+    text = (tmp_path / "r.html").read_text()
+    assert "face_recognition (whispers_0.5)" in text and "face_recognition (knn)" in text
+    assert "scored track-disjoint" in text
+    assert "the central region used for 10 (25.0%)" in text

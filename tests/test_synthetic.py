@@ -14,7 +14,9 @@ from data_tools.synthetic import load_truth, make_episode
 from proxytasks.errors import ProxytasksError
 from proxytasks.manifest import Face, Manifest
 
-ORL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "orl_faces"
+from .conftest import SHARED_DATA, unavailable
+
+ORL = SHARED_DATA / "orl_faces"
 SMALL = dict(n_identities=5, n_shots=3, fps=4.0, progress=False)
 
 
@@ -176,7 +178,7 @@ def test_identities_manifest_needs_two_usable_identities(tmp_path):
 
 def test_real_identities_from_orl(tmp_path):
     if not ORL.is_dir():
-        pytest.skip(f"ORL faces not found at {ORL}")
+        unavailable(f"ORL faces not found at {ORL}")
     faces = [Face(id=f"{d.name}_{i}", media=f"{d.name}/{i}.pgm", frame=None, crop=str(d / f"{i}.pgm"),
                   identity=d.name)
              for d in sorted(ORL.iterdir()) if d.is_dir()
