@@ -808,6 +808,24 @@ def export(ctx: click.Context, manifest: Path, names: Path, out: Path, min_confi
     _echo_report(summary)
 
 
+# --------------------------------------------------------------------------- app
+@cli.command("app")
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port on 127.0.0.1; 0 picks a free one.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (anything but 127.0.0.1 lets other machines in).")
+def app_cmd(folder: Path, port: int, host: str) -> None:
+    """The naming app: name the people of DIR in a browser (a recipe's output folder).
+
+    Every action is saved at once as a round file in DIR/app/rounds/."""
+    try:
+        from .app.server import serve
+    except ImportError as e:
+        raise ProxytasksError(f"the app needs its extra: pip install -e '.[app]' ({e})") from None
+    serve(folder, host=host, port=port, echo=click.echo)
+
+
 # --------------------------------------------------------------------------- report
 @cli.command("report")
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
