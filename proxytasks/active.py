@@ -37,6 +37,7 @@ from .registry import Registry
 logger = logging.getLogger(__name__)
 
 SHEET_COLUMNS = ("rank", "kind", "strategy", "id", "id2", "cluster", "score", "reason", "name", "answer")
+IMAGE_COLUMNS = ("image", "image2")  # the faces' pictures, relative to the sheet's folder (optional when read)
 FALLBACK = ("margin", "breadth", "random")
 
 
@@ -307,18 +308,52 @@ def pair_questions(pool: Pool, n: int) -> list[Suggestion]:
 
 
 def write_suggestions(path: str | os.PathLike, ids: Sequence[str], suggestions: Sequence[Suggestion],
-                      answers: dict[int, str] | None = None) -> None:
-    """Write the suggestion sheet (columns :data:`SHEET_COLUMNS`); a person fills ``name``
+                      answers: dict[int, str] | None = None, images: Sequence[str | None] | None = None) -> None:
+    """Write the suggestion sheet (columns :data:`SHEET_COLUMNS`, then ``image`` and
+    ``image2``: each face's picture, see :func:`face_images`); a person fills ``name``
     (or ``answer``: same/different) and gives the sheet back as labels."""
     answers = answers or {}
+
+    def pic(i: int) -> str:
+        return (images[i] or "") if images is not None and i >= 0 else ""
+
     with atomic_write(path) as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(SHEET_COLUMNS)
+        w.writerow(SHEET_COLUMNS + IMAGE_COLUMNS)
         for rank, s in enumerate(suggestions, 1):
             w.writerow([rank, s.kind, s.strategy, ids[s.face], ids[s.other] if s.other >= 0 else "",
                         s.cluster if s.cluster >= 0 else "", f"{s.score:.4f}", s.reason,
                         answers.get(rank, "") if s.kind == "name" else "",
-                        answers.get(rank, "") if s.kind == "same" else ""])
+                        answers.get(rank, "") if s.kind == "same" else "", pic(s.face), pic(s.other)])
+
+
+def face_images(manifest, sheet: str | os.PathLike) -> list[str | None]:
+    """Per face of ``manifest``: the file that shows it (its crop, else the frame or photo
+    its box is in), relative to the folder of ``sheet`` when it lies under a common root."""
+    base = os.path.abspath(os.path.dirname(os.path.abspath(sheet)))
+    out: list[str | None] = []
+    for f in manifest.faces:
+        rel = f.crop if f.crop is not None else f.image
+        if rel is None:
+            out.append(None)
+            continue
+        path = os.path.abspath(os.path.join(manifest.root, rel)) if not os.path.isabs(rel) else rel
+        try:
+            out.append(os.path.relpath(path, base))
+        except ValueError:  # another drive (Windows)
+            out.append(path)
+    return out
+
+
+def sheet_answers(path: str | os.PathLike) -> int:
+    """How many rows of the sheet (or label file) at ``path`` a person filled: a non-empty
+    ``name``, ``not_name`` or ``answer`` cell; 0 when it is absent or unreadable."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return sum(any((row.get(c) or "").strip() for c in ("name", "not_name", "answer"))
+                       for row in csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return 0
 
 
 def read_suggestions(path: str | os.PathLike, ids: Sequence[str]) -> list[Suggestion]:

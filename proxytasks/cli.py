@@ -45,6 +45,31 @@ def _echo_report(report: dict) -> None:
         click.echo(f"  {key:<{width}} {round(value, 4) if isinstance(value, float) else value}")
 
 
+def _overwrite_option(f):
+    """``--overwrite``: replace an output that already holds results or a person's answers."""
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace the output even if it already holds results (or a person's answers).")(f)
+
+
+def _refuse(path: Path, what: str, how: str, overwrite: bool, holds: bool | None = None) -> None:
+    from .fileio import refuse_overwrite
+
+    refuse_overwrite(path, what, how, overwrite, holds)
+
+
+def _run_holds(run: Path) -> str | None:
+    """What a training run folder holds ("a trained model (436 steps)"), or None when nothing."""
+    if (run / "model.safetensors").exists():
+        try:
+            steps = json.loads((run / "config.json").read_text())["train"]["steps"]
+            return f"a trained model ({steps} steps)"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a trained model"
+    if (run / "checkpoint.pt").exists():
+        return "the checkpoint of an unfinished training run"
+    return None
+
+
 @click.group(cls=ProxytasksGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars, warnings only.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
@@ -95,8 +120,10 @@ def _report_import(m, out: Path) -> None:
 @import_.command("folders")
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Manifest to write.")
-def import_folders_cmd(root: Path, out: Path) -> None:
+@_overwrite_option
+def import_folders_cmd(root: Path, out: Path, overwrite: bool) -> None:
     """Identity folders: ROOT/<identity>/<image>, each image a face photo."""
+    _refuse(out, "a manifest", "write elsewhere with -o", overwrite)
     from data_tools.importers import import_folders
 
     _report_import(import_folders(root, out), out)
@@ -108,8 +135,10 @@ def import_folders_cmd(root: Path, out: Path) -> None:
               "(and optionally 'frame', 'media'), searched in each file's relative path.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Manifest to write.")
 @click.option("--recursive", is_flag=True, help="Look into subfolders too.")
-def import_pattern_cmd(root: Path, regex: str, out: Path, recursive: bool) -> None:
+@_overwrite_option
+def import_pattern_cmd(root: Path, regex: str, out: Path, recursive: bool, overwrite: bool) -> None:
     """Flat files with the identity in the name, e.g. --regex '(?P<identity>subject\\d+)\\.'."""
+    _refuse(out, "a manifest", "write elsewhere with -o", overwrite)
     from data_tools.importers import import_pattern
 
     _report_import(import_pattern(root, regex, out, recursive=recursive), out)
@@ -119,8 +148,10 @@ def import_pattern_cmd(root: Path, regex: str, out: Path, recursive: bool) -> No
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Manifest to write.")
 @click.option("--media", default=None, help="Name of the video the crops come from (default: file prefix).")
-def import_crops_cmd(root: Path, out: Path, media: str | None) -> None:
+@_overwrite_option
+def import_crops_cmd(root: Path, out: Path, media: str | None, overwrite: bool) -> None:
     """Frame-indexed crops: ROOT/[<identity>/]<prefix>_<frame>_<k>.<ext>."""
+    _refuse(out, "a manifest", "write elsewhere with -o", overwrite)
     from data_tools.importers import import_crops
 
     _report_import(import_crops(root, out, media=media), out)
@@ -131,8 +162,10 @@ def import_crops_cmd(root: Path, out: Path, media: str | None) -> None:
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Manifest to write.")
 @click.option("--image-template", default=None,
               help="Frame image path from {media}, {media_stem}, {frame}, e.g. 'frames/{media_stem}/{frame:06d}.jpg'.")
-def import_detections_cmd(table: Path, out: Path, image_template: str | None) -> None:
+@_overwrite_option
+def import_detections_cmd(table: Path, out: Path, image_template: str | None, overwrite: bool) -> None:
     """A detections table (CSV/TSV/JSONL: media, frame, x, y, w, h, score)."""
+    _refuse(out, "a manifest", "write elsewhere with -o", overwrite)
     from data_tools.importers import import_detections
 
     _report_import(import_detections(table, out, image_template=image_template), out)
@@ -152,11 +185,14 @@ def import_detections_cmd(table: Path, out: Path, image_template: str | None) ->
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse the media an earlier (even killed) run finished with the same settings; "
                    "--no-resume redoes them.")
+@_overwrite_option
 @click.pass_context
 def ingest(ctx: click.Context, media: tuple[Path, ...], out: Path, detector: str, fps: float | None,
            stride: int | None, min_face: int, threshold: float | None, no_crops: bool, margin: float,
-           resume: bool) -> None:
+           resume: bool, overwrite: bool) -> None:
     """Detect faces in videos and photos (files or folders) and write a manifest with shots."""
+    _refuse(out, "a manifest", "write elsewhere with -o (a run that was interrupted wrote no manifest yet: "
+            "rerun it as it was to resume)", overwrite)
     from .ingest import ingest_media
 
     report = ingest_media(media, out, detector, fps=fps, stride=stride, min_face=min_face, threshold=threshold,
@@ -181,10 +217,13 @@ def ingest(ctx: click.Context, media: tuple[Path, ...], out: Path, detector: str
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--labels-per-person", default=0, show_default=True,
               help="Also write labels.csv: this many faces named per person, as a human would type.")
+@_overwrite_option
 @click.pass_context
 def synth(ctx: click.Context, out: Path, identities: Path | None, n_identities: int, shots: int,
-          fps: float, max_people: int, seed: int, labels_per_person: int) -> None:
+          fps: float, max_people: int, seed: int, labels_per_person: int, overwrite: bool) -> None:
     """Render a synthetic episode: frames, a manifest with boxes and identities, truth."""
+    _refuse(out, "a synthetic episode", "write elsewhere with -o", overwrite,
+            holds=(out / "manifest.jsonl").exists())
     from data_tools.labels import draw_labels, write_labels
     from data_tools.synthetic import make_episode
     from .manifest import Manifest
@@ -216,11 +255,13 @@ def synth(ctx: click.Context, out: Path, identities: Path | None, n_identities: 
 @click.option("--truth", type=click.Path(path_type=Path), default=None,
               help="JSONL with id and appearance per face (a synthetic episode's truth.jsonl) "
                    "for exact fragmentation.")
+@_overwrite_option
 @click.pass_context
 def track(ctx: click.Context, manifest: Path, out: Path, max_gap: int, min_iou: float,
           min_similarity: float, appearance: str, backbone: str, weights: str | None,
-          truth: Path | None) -> None:
+          truth: Path | None, overwrite: bool) -> None:
     """Link faces across frames into tracks and find shot cuts; writes track and shot."""
+    _refuse(out, "a manifest", "write elsewhere with -o", overwrite)
     from .evaluate import track_quality
     from .manifest import Manifest
     from .track import TrackerConfig, track_manifest
@@ -264,9 +305,11 @@ def _read_appearances(path: Path, manifest) -> list[str | None]:
               help="The clusters that 'cluster,name' rows of --labels refer to.")
 @click.option("--policy", type=click.Choice(["different", "drop"]), default="different", show_default=True,
               help="Conflicts: cannot-link wins, or drop the pair.")
+@_overwrite_option
 def pairs(manifest: Path, out: Path, rules: str, labels: tuple[Path, ...], clusters: Path | None,
-          policy: str) -> None:
+          policy: str, overwrite: bool) -> None:
     """Apply the cheap-label rules to MANIFEST and store the pairs."""
+    _refuse(out, "rule pairs", "write elsewhere with -o", overwrite)
     from .manifest import Manifest
     from .rules import RuleSet
 
@@ -354,15 +397,18 @@ def run(ctx: click.Context, recipe: Path, overrides: tuple[str, ...], first: str
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
 @click.option("--workers", default=1, show_default=True, help="DataLoader workers for decoding faces.")
 @click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint.")
+@_overwrite_option
 @click.pass_context
 def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbone: str, weights: str | None,
               head: str, dim: int, input_size: int, loss: str, init: str, steps: int | None,
               epochs: float | None, time_budget: float | None, lr: float, lr_schedule: str, seed: int,
-              device: str, workers: int, resume: bool) -> None:
+              device: str, workers: int, resume: bool, overwrite: bool) -> None:
     """Train a face embedding on the rule PAIRS of MANIFEST (Siamese, within a time budget).
 
     On several processes: torchrun --nproc_per_node N -m proxytasks train ... (the same
     result as one process; rank 0 writes the run folder)."""
+    _refuse(out, _run_holds(out) or "", "train into another -o, or add --resume to continue it", overwrite,
+            holds=not resume and _run_holds(out) is not None)
     from .manifest import Manifest
     from .pairs import PairSet
     from .train import TrainConfig, train
@@ -395,10 +441,12 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
 @click.option("--shard", default=None, metavar="I/N",
               help="Embed only block I of N of the faces (from 0), e.g. as one job of a cluster array; "
                    "then merge-embeddings or index the N files.")
+@_overwrite_option
 @click.pass_context
 def embed(ctx: click.Context, run: Path, manifest: Path, out: Path, batch_size: int, workers: int,
-          device: str, resume: bool, chunk_size: int, shard: str | None) -> None:
+          device: str, resume: bool, chunk_size: int, shard: str | None, overwrite: bool) -> None:
     """Embed every face of MANIFEST with the model in RUN (resumable: see --resume)."""
+    _refuse(out, "embeddings", "write elsewhere with -o", overwrite)
     from .embed import embed_to_file, parse_shard, shard_manifest
     from .embedder import Embedder
     from .manifest import Manifest
@@ -419,8 +467,10 @@ def embed(ctx: click.Context, run: Path, manifest: Path, out: Path, batch_size: 
 @cli.command("merge-embeddings")
 @click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Embeddings file (.npz).")
-def merge_embeddings(shards: tuple[Path, ...], out: Path) -> None:
+@_overwrite_option
+def merge_embeddings(shards: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     """Join the SHARDS that `embed --shard I/N` wrote into the embeddings of the whole manifest."""
+    _refuse(out, "embeddings", "write elsewhere with -o", overwrite)
     from .embed import Embeddings, merge_shards
 
     e = merge_shards([Embeddings.load(p) for p in shards], [str(p) for p in shards])
@@ -471,14 +521,18 @@ def _fmt(value: float | None) -> str:
 @click.option("--keep-tracks", is_flag=True,
               help="Use the manifest's own tracks instead of tracking the faces (tracks taken from ground truth "
                    "flatter the naming scores).")
+@_overwrite_option
 @click.pass_context
 def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weights: str | None,
               time_budget: float, shots: str, repeats: int, seed: int, active: str | None,
-              active_budget: int | None, active_batch: int, peers: str, keep_tracks: bool) -> None:
+              active_budget: int | None, active_batch: int, peers: str, keep_tracks: bool,
+              overwrite: bool) -> None:
     """Naming benchmark on a labelled MANIFEST: proxy training vs the pretrained backbone.
 
     Scored track-disjoint: faces sharing a track with a named face are not scored, and
     verification counts only pairs of faces from different tracks."""
+    _refuse(out, "a benchmark (metrics.json)", "write elsewhere with --out", overwrite,
+            holds=(out / "metrics.json").exists())
     from .active import names_to_reach
     from .benchmark import run_benchmark
 
@@ -538,11 +592,15 @@ def benchmark(ctx: click.Context, manifest: Path, out: Path, backbone: str, weig
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
 @click.option("--workers", default=1, show_default=True, help="DataLoader workers for decoding faces.")
+@_overwrite_option
 @click.pass_context
 def budget(ctx: click.Context, manifest: Path, out: Path, budgets: str, pairs: Path | None, backbones: str | None,
            fractions: str, steps: str, schedules: str, strategies: str, joint_steps: int, max_configs: int,
-           shots: int, repeats: int, test_share: float, seed: int, device: str, workers: int) -> None:
+           shots: int, repeats: int, test_share: float, seed: int, device: str, workers: int,
+           overwrite: bool) -> None:
     """Compute-budget sweep on MANIFEST: backbone x pairs x optimisation effort x strategy per budget."""
+    _refuse(out, "a budget sweep (budget.json)", "write elsewhere with --out", overwrite,
+            holds=(out / "budget.json").exists())
     from .benchmark import tracked_pairs
     from .budget import SweepSettings, budget_sweep, describe
     from .manifest import Manifest
@@ -580,10 +638,14 @@ def budget(ctx: click.Context, manifest: Path, out: Path, budgets: str, pairs: P
 @click.option("--add", is_flag=True, help="Add the faces of EMB that are new to an existing index.")
 @click.option("--device", default="auto", show_default=True,
               help="cuda: train and search the index on the GPU where faiss has GPU support (auto: when present).")
-def index(emb: tuple[Path, ...], out: Path, factory: str | None, memory_gb: float, add: bool, device: str) -> None:
+@_overwrite_option
+def index(emb: tuple[Path, ...], out: Path, factory: str | None, memory_gb: float, add: bool, device: str,
+          overwrite: bool) -> None:
     """Build a FAISS index over the embeddings EMB (index_infos.json beside it).
 
     EMB is one embeddings file, or the shard files of one `embed --shard I/N` run (all N)."""
+    _refuse(out, "an index", "add the new faces with --add, or write elsewhere with -o", overwrite,
+            holds=not add and out.exists() and (not out.is_dir() or any(out.iterdir())))
     from .embed import load_embeddings
     from .index import FaceIndex
 
@@ -637,9 +699,11 @@ def search(index_dir: Path, emb: Path, face_ids: tuple[str, ...], k: int, device
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cuda: the kNN graph on the GPU where faiss has GPU "
               "support.")
+@_overwrite_option
 def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold: float | None, seed: int,
-            device: str) -> None:
+            device: str, overwrite: bool) -> None:
     """Cluster faces into people: tracks kept whole, cannot-linked faces kept apart."""
+    _refuse(out, "clusters", "write elsewhere with -o", overwrite)
     from .cluster import cluster_faces, constraint_arrays, write_clusters
     from .embed import Embeddings
     from .evaluate import cluster_report
@@ -680,16 +744,18 @@ def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold
               help="Joint fine-tuning steps for --strategy global [default: 200, or until --time-budget].")
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds for joint fine-tuning (--strategy global); stops cleanly.")
+@_overwrite_option
 @click.pass_context
 def name(ctx: click.Context, run: Path, emb: Path, labels: tuple[Path, ...], out: Path, manifest: Path | None,
          clusters: Path | None, head: str, unknown_threshold: float | None, seed: int, strategy: str,
-         pairs_path: Path | None, steps: int | None, time_budget: float | None) -> None:
+         pairs_path: Path | None, steps: int | None, time_budget: float | None, overwrite: bool) -> None:
     """Name every face from a few names over the embedding of RUN.
 
     LABELS: one file per naming round, in order (CSV or JSONL: id,name / cluster,name /
     id,not_name / id,id2,answer, or a filled suggestion sheet). Later rounds win; a name
     a person removed from a face never comes back to it.
     """
+    _refuse(out, "names", "write elsewhere with -o", overwrite)
     from .cluster import read_clusters
     from .embed import Embeddings
     from .manifest import Manifest
@@ -706,6 +772,8 @@ def name(ctx: click.Context, run: Path, emb: Path, labels: tuple[Path, ...], out
     tracks = _tracks_of(manifest, emb, e.ids) if manifest is not None else None
     groups = read_clusters(clusters, e.ids) if clusters is not None else None
     ann = read_annotations(labels, e.ids, groups)
+    if not ann.named:
+        raise ProxytasksError(_nothing_named(labels))
     images = Manifest.read(manifest) if manifest is not None and strategy in ("independent", "global") else None
     ps = PairSet.load(pairs_path, face_ids=e.ids) if pairs_path is not None and strategy == "global" else None
     cfg = GlobalConfig(steps=200 if steps is None and time_budget is None else steps, time_budget=time_budget,
@@ -722,6 +790,16 @@ def name(ctx: click.Context, run: Path, emb: Path, labels: tuple[Path, ...], out
                    f"loss on the first batch {t['loss_before']:.4f} -> {t['loss_after']:.4f}")
 
 
+def _nothing_named(labels: tuple[Path, ...]) -> str:
+    """What to do when the naming rounds hold no name (an unfilled sheet, typically)."""
+    sheets = [p for p in labels if p.parent.name.startswith("round")]
+    folder = sheets[0].parent.parent if sheets else Path("DIR")
+    return (f"no face is named in {', '.join(map(str, labels))}: nothing to name the faces from. Fill the "
+            f"'name' column of {labels[0]} (and 'answer', same or different, for the 'same person?' rows), "
+            f"or name the people in the app: proxytasks app {folder}; then run this again (after the app: "
+            f"with {folder / 'app' / 'labels.csv'} as the labels)")
+
+
 def _tracks_of(manifest: Path, emb: Path, ids: list[str]):
     """The track of each face of MANIFEST, which must hold the faces of EMB in order."""
     from .manifest import Manifest
@@ -731,6 +809,17 @@ def _tracks_of(manifest: Path, emb: Path, ids: list[str]):
     if [f.id for f in m.faces] != ids:
         raise ProxytasksError(f"{manifest} does not hold the faces of {emb} in order")
     return FaceColumns.from_manifest(m).track
+
+
+def _refuse_sheet(out: Path, overwrite: bool) -> None:
+    """A suggestion sheet is where a person types names: never replaced silently."""
+    from .active import sheet_answers
+
+    filled = sheet_answers(out)
+    if filled:
+        _refuse(out, f"a sheet with {filled} answer(s) a person typed", "it is a naming round: give it to "
+                "`proxytasks name` (or `--labels`) and write the next sheet elsewhere with -o", overwrite)
+    _refuse(out, "a suggestion sheet", "write elsewhere with -o", overwrite)
 
 
 @cli.command()
@@ -746,10 +835,13 @@ def _tracks_of(manifest: Path, emb: Path, ids: list[str]):
 @click.option("--pairs", "n_pairs", default=0, show_default=True,
               help="Also ask this many 'same person?' questions (clusters to merge or split).")
 @click.option("--seed", default=0, show_default=True)
+@_overwrite_option
 def suggest(emb: Path, manifest: Path, out: Path, clusters: Path | None, labels: tuple[Path, ...],
-            strategy: str, n: int, n_pairs: int, seed: int) -> None:
+            strategy: str, n: int, n_pairs: int, seed: int, overwrite: bool) -> None:
     """Which faces a person should name next (active learning), each with the reason."""
-    from .active import Pool, STRATEGIES, suggest as suggest_faces, write_suggestions
+    _refuse_sheet(out, overwrite)
+    from .active import Pool, STRATEGIES, face_images, suggest as suggest_faces, write_suggestions
+    from .manifest import Manifest
     from .cluster import read_clusters
     from .embed import Embeddings
     from .naming import Annotations, name_from_annotations, read_annotations
@@ -761,7 +853,7 @@ def suggest(emb: Path, manifest: Path, out: Path, clusters: Path | None, labels:
     ann = read_annotations(labels, e.ids, groups) if labels else Annotations()
     result = name_from_annotations(e.vectors, ann, tracks=tracks, clusters=groups, seed=seed) if ann.named else None
     todo = suggest_faces(Pool(e.vectors, tracks, groups, ann, result), strategy, n, n_pairs, seed)
-    write_suggestions(out, e.ids, todo)
+    write_suggestions(out, e.ids, todo, images=face_images(Manifest.read(manifest, check_files=False), out))
     click.echo(f"wrote {out}: {sum(s.kind == 'name' for s in todo)} faces to name, "
                f"{sum(s.kind == 'same' for s in todo)} same-person questions ({len(ann.named)} faces named so far)")
     for rank, s in enumerate(todo[:5], 1):
@@ -772,9 +864,11 @@ def suggest(emb: Path, manifest: Path, out: Path, clusters: Path | None, labels:
 @click.argument("sheet", type=click.Path(path_type=Path))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="The answered sheet to write.")
-def simulate(sheet: Path, manifest: Path, out: Path) -> None:
+@_overwrite_option
+def simulate(sheet: Path, manifest: Path, out: Path, overwrite: bool) -> None:
     """A simulated person: answer the suggestion SHEET from the identities of MANIFEST."""
-    from .active import SimulatedAnnotator, read_suggestions, write_suggestions
+    _refuse_sheet(out, overwrite)
+    from .active import SimulatedAnnotator, face_images, read_suggestions, write_suggestions
     from .manifest import Manifest
 
     m = Manifest.read(manifest, check_files=False)
@@ -784,7 +878,7 @@ def simulate(sheet: Path, manifest: Path, out: Path) -> None:
     todo = read_suggestions(sheet, ids)
     annotator = SimulatedAnnotator([f.identity for f in m.faces])
     answers = {rank: a for rank, s in enumerate(todo, 1) if (a := annotator.answer(s)) is not None}
-    write_suggestions(out, ids, todo, answers)
+    write_suggestions(out, ids, todo, answers, images=face_images(m, out))
     click.echo(f"wrote {out}: {len(answers)} of {len(todo)} questions answered from {manifest}")
 
 
@@ -850,11 +944,15 @@ def app_cmd(folder: Path, port: int, host: str) -> None:
               help="Largest clusters shown.")
 @click.option("--per-cluster", type=click.IntRange(0), default=12, show_default=True,
               help="Faces shown per cluster.")
+@_overwrite_option
 @click.pass_context
 def report_cmd(ctx: click.Context, run_dir: Path, out: Path | None, manifest: Path | None, pairs: Path | None,
                clusters: Path | None, names: Path | None, suggestions: Path | None, metrics: Path | None,
-               train_run: Path | None, budget: Path | None, max_clusters: int, per_cluster: int) -> None:
+               train_run: Path | None, budget: Path | None, max_clusters: int, per_cluster: int,
+               overwrite: bool) -> None:
     """A self-contained HTML page of the run folder RUN: audit, training, metrics, galleries."""
+    _refuse(out if out is not None else run_dir / "report.html", "a report", "write elsewhere with -o",
+            overwrite)
     from .report import write_report
 
     out = out if out is not None else run_dir / "report.html"

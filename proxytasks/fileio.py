@@ -54,3 +54,28 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", gz: bool | None = Non
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def refuse_overwrite(path: str | os.PathLike, what: str, how: str = "", overwrite: bool = False,
+                     holds: bool | None = None) -> None:
+    """Stop before replacing ``path`` when it already holds ``what`` (a file a person may
+    have edited, or results), unless ``overwrite``.
+
+    Args:
+        path: the output a command is about to write.
+        what: what is there, for the message ("a suggestion sheet with 12 answers").
+        how: how to go on without replacing it (another output, ``--resume``, ...).
+        overwrite: the command's ``--overwrite``: replace it.
+        holds: whether ``path`` holds it (default: it exists).
+
+    Raises:
+        ProxytasksError: naming the path, what it holds and how to go on (exit code 2).
+    """
+    from .errors import ProxytasksError
+
+    path = Path(path)
+    if overwrite or not (path.exists() if holds is None else holds):
+        return
+    how = f"{how.rstrip('.')}; " if how else ""
+    raise ProxytasksError(f"{path} already holds {what}; refusing to replace it. {how}or pass --overwrite "
+                          f"to replace it")

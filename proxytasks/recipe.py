@@ -41,14 +41,19 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list) or not data["steps"]:
         raise ProxytasksError(f"{path}: a recipe is a mapping with a non-empty 'steps' list")
     variables = {k: v for k, v in data.items() if k != "steps"}
+    known = sorted(variables)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ProxytasksError(f"--set {item!r}: expected KEY=VALUE")
         try:
-            variables[key] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ProxytasksError(f"--set {item!r}: not a YAML value: {e}") from None
+        if key not in variables:
+            raise ProxytasksError(f"--set {item!r}: {path} has no variable {key!r}; its variables: "
+                                  f"{', '.join(known) or 'none'}")
+        variables[key] = parsed
     for _ in range(len(variables)):  # variables may refer to variables ("{out}/tracked.jsonl")
         filled = {key: _fill(v, variables, f"{path}: variable {key}") for key, v in variables.items()}
         if filled == variables:
@@ -154,6 +159,7 @@ def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = 
         (name, options), = step.items()
         where = f"{path}: step {k} ({name})"
         command = _resolve(group, name, where)
+        options = _own_outputs(command, name, options, where, start <= k <= stop, path, overrides)
         planned.append((k, name, where, command, step_argv(command, options, where)))
     if "out" in recipe and not dry_run:
         out = Path(str(recipe["out"]))
@@ -170,6 +176,49 @@ def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = 
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
             raise ProxytasksError(f"{where} failed: {message}") from None
         logger.info("step %d (%s) took %.1f s", k, name, time.perf_counter() - began)
-    if "out" in recipe and not dry_run:
+    if stop < total and planned[stop - 1][1] == "suggest" and not dry_run:
+        _next_steps(path, recipe, planned, stop, overrides)
+    elif "out" in recipe and not dry_run:
         click.echo(f"done: outputs in {recipe['out']}/ (the resolved recipe is recipe.yaml there)")
     return recipe
+
+
+def _continue(path: Path, overrides: Sequence[str], step: str) -> str:
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    return f"proxytasks run {shlex.quote(str(path))}{sets} --from {step}"
+
+
+def _own_outputs(command: click.Command, name: str, options: dict[str, Any], where: str, runs: bool,
+                 path: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """``options`` with ``overwrite`` set for an output the recipe itself wrote before, so
+    that it can be run again; a suggestion sheet a person filled stops the recipe first."""
+    from .active import sheet_answers
+
+    if not any(p.name == "overwrite" for p in command.params) or any(
+            k.replace("-", "_") == "overwrite" for k in options):
+        return options
+    out = options.get("out")
+    filled = sheet_answers(out) if name == "suggest" and isinstance(out, str) else 0
+    if not filled:
+        return {**options, "overwrite": True}
+    if runs:
+        raise ProxytasksError(
+            f"{where}: {out} holds {filled} answer(s) a person typed; the recipe would replace it, so it "
+            f"stops before running anything. To go on from those answers: "
+            f"{_continue(path, overrides, 'name')}; to ask again, move the sheet away first")
+    return options
+
+
+def _next_steps(path: Path, recipe: dict[str, Any], planned: list, stop: int, overrides: Sequence[str]) -> None:
+    """After a recipe stopped at ``suggest``: which file to fill, the app, and how to go on."""
+    sheet = dict(recipe["steps"][stop - 1]["suggest"]).get("out", "the suggestion sheet")
+    names = [p[1] for p in planned]
+    step = names[stop] if names.index(names[stop]) == stop else str(stop + 1)
+    out = recipe.get("out", Path(str(sheet)).parent.parent)
+    click.echo(f"next, a person names the faces, either way:\n"
+               f"  - fill the 'name' column of {sheet} (and 'answer', same or different, for the "
+               f"'same person?' rows; leave a row blank to skip it), or\n"
+               f"  - name them in the browser: proxytasks app {out}\n"
+               f"then continue with:\n  {_continue(path, overrides, step)}")
+    if "labels" in recipe:
+        click.echo(f"  (after naming in the app, add: --set labels={out}/app/labels.csv)")

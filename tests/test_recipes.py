@@ -80,11 +80,30 @@ def test_video_recipe_in_two_parts(tmp_path):
     recipe = REPO / "recipes" / "video_face_naming.yaml"
     opts = ["--set", f"out={tmp_path}", "--set", f"media={clip}", "--set", "fps=3", "--set", "budget=8",
             "--set", "questions=4"]
-    run(recipe, *opts, "--to", "suggest")
+    part1 = run(recipe, *opts, "--to", "suggest")
     assert not (tmp_path / "names.csv").exists()
-    assert fill_sheet(tmp_path / "round1" / "suggestions.csv", tmp_path / "clusters1.csv") > 0
+    sheet = tmp_path / "round1" / "suggestions.csv"
+    # part 1 says which file to fill, how to open the app, and the command that continues
+    assert f"fill the 'name' column of {sheet}" in part1 and f"proxytasks app {tmp_path}" in part1
+    assert f"--set fps=3 --set budget=8 --set questions=4 --from name" in part1
+    rows = list(csv.DictReader(open(sheet)))
+    assert all((tmp_path / "round1" / r["image"]).is_file() for r in rows)  # each face's picture
+    # --from name on the sheet nobody filled stops at once, exit 2, saying what to fill
+    res = CliRunner().invoke(cli, ["-q", "run", str(recipe), *opts, "--from", "name"])
+    assert res.exit_code == 2 and "no face is named" in res.output and "proxytasks app" in res.output
+    assert not (tmp_path / "names1.csv").exists() and not (tmp_path / "run").exists()
+    assert fill_sheet(sheet, tmp_path / "clusters1.csv") > 0
+    filled = sheet.read_bytes()
+    # the filled sheet survives `suggest -o` and a re-run of part 1, byte for byte
+    res = CliRunner().invoke(cli, ["-q", "suggest", str(tmp_path / "embeddings1.npz"), str(tmp_path / "tracked.jsonl"),
+                                   "--clusters", str(tmp_path / "clusters1.csv"), "-o", str(sheet)])
+    assert res.exit_code == 2 and "answer(s) a person typed" in res.output and "--overwrite" in res.output
+    res = CliRunner().invoke(cli, ["-q", "run", str(recipe), *opts, "--to", "suggest"])
+    assert res.exit_code == 2 and "stops before running anything" in res.output and "--from name" in res.output
+    assert sheet.read_bytes() == filled
     run(recipe, *opts, "--from", "name")
     check_outputs(tmp_path, "clusters.csv")
+    assert sheet.read_bytes() == filled
     # the second training round saw the person's answers as pairs
     pairs = PairSet.load(tmp_path / "pairs_human.npz")
     human = {r.name: int((pairs.rule == k).sum()) for k, r in enumerate(pairs.rules) if r.name.startswith("human-")}

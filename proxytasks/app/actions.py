@@ -73,6 +73,7 @@ def _commit(ws: Workspace, build) -> tuple[Round, Any]:
         action, rows, answer = build()
         r = ws.log.append(action, rows)
         ws.refresh()
+        ws.write_labels()
         return r, answer
 
 

@@ -71,8 +71,8 @@ def create_app(folder: str | Path) -> Starlette:
             return None
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the body is not valid JSON: {e}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise ApiError(400, f"the body is not valid JSON: {type(e).__name__}") from None
 
     def people(request: Request):
         return ws.people()
@@ -134,7 +134,8 @@ def create_app(folder: str | Path) -> Starlette:
         Route("/api/answer", api(post(actions.answer), body=True), methods=["POST"]),
         Route("/api/undo", api(post(actions.undo), body=True), methods=["POST"]),
         Route("/api/update", api(lambda request: updater.job.view())),
-        Route("/api/update", api(lambda request, data: updater.start(data), body=True), methods=["POST"]),
+        Route("/api/update", api(lambda request, data: JSONResponse(updater.start(data), status_code=202), body=True),
+              methods=["POST"]),
         Route("/api/export", api(lambda request, data: export(ws, updater, data), body=True), methods=["POST"]),
         Route("/api/suggestions", api(suggestions)),
         Route("/api/history", api(lambda request: ws.history())),

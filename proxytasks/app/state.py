@@ -142,6 +142,8 @@ class Workspace:
         self.result_version = -1
         self.version = 0
         self._rebuild()
+        if self.applied:
+            self.write_labels()
 
     # ------------------------------------------------------------ replay
     def set_vectors(self, vectors: np.ndarray) -> None:
@@ -208,6 +210,25 @@ class Workspace:
                     self.next_id = self._reshape(r, self.labels, self.next_id)
                     self.applied = r.seq
             self.version += 1
+
+    def write_labels(self) -> Path:
+        """Everything said so far (earlier rounds and the app's) as one label file,
+        ``DIR/app/labels.csv``, for ``proxytasks name``/``pairs --labels`` and recipes."""
+        import csv
+
+        from ..fileio import atomic_write
+
+        path = self.sources.app / "labels.csv"
+        ann, ids = self.ann, self.ids
+        with atomic_write(path) as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(["id", "name", "not_name", "id2", "answer"])
+            for i, names in sorted(ann.forbidden.items()):
+                w.writerows([ids[i], "", n, "", ""] for n in sorted(names))
+            w.writerows([ids[i], n, "", "", ""] for i, n in sorted(ann.named.items()))
+            for pairs, said in ((ann.same, "same"), (ann.different, "different")):
+                w.writerows([ids[a], "", "", ids[b], said] for a, b in sorted(pairs))
+        return path
 
     # ------------------------------------------------------------ views
     def face_view(self, i: int) -> tuple[str | None, float, str]:
