@@ -258,6 +258,10 @@ class MTCNNDetector(Detector):
         self.batch_size = int(batch_size)
         self.max_batch_pixels = 8_000_000
         self.pnet, self.rnet, self.onet = _load_mtcnn_nets(device)
+        # The R- and O-nets run on thousands of small crops: channels-last convolutions and
+        # pooling are about twice as fast there on CPU (same results up to float rounding).
+        self.rnet = self.rnet.to(memory_format=torch.channels_last)
+        self.onet = self.onet.to(memory_format=torch.channels_last)
 
     def detect(self, images: list[Image.Image]) -> list[Detections]:
         """Faces in each image; same-size images run together in batches."""
@@ -345,8 +349,48 @@ class MTCNNDetector(Detector):
 
     @staticmethod
     def _run(net: nn.Module, data: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, ...]:
-        parts = [net(data[i:i + chunk]) for i in range(0, len(data), chunk)]
+        parts = [net(data[i:i + chunk].contiguous(memory_format=torch.channels_last))
+                 for i in range(0, len(data), chunk)]
         return tuple(torch.cat(p, dim=0) for p in zip(*parts))
+
+    def track(self, image: Image.Image | np.ndarray, boxes: np.ndarray) -> tuple[Detections, np.ndarray]:
+        """Follow faces found in the previous frame into ``image`` without the cascade.
+
+        Each ``[x, y, w, h]`` box of the previous frame is squared and handed to the O-net
+        (the cascade's last stage) twice: the first pass moves the box onto the face, the
+        second scores, regresses and places the landmarks from the re-centred crop. A box
+        whose score falls below ``threshold`` has lost its face. Boxes that land on one
+        face are merged as the cascade's last step merges them.
+
+        Returns:
+            ``(detections, found)``: the faces still found (clipped, with landmarks), and
+            per input box whether its face is still there (merged boxes count as found).
+        """
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        if not len(boxes):
+            return Detections.empty(True), np.zeros(0, dtype=bool)
+        arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+        height, width = arr.shape[:2]
+        with torch.inference_mode():
+            batch = torch.from_numpy(arr).to(self.device).permute(2, 0, 1)[None].float()
+            xyxy = torch.from_numpy(np.c_[boxes[:, :2], boxes[:, :2] + boxes[:, 2:]]).to(self.device)
+            inds = torch.zeros(len(xyxy), dtype=torch.long, device=self.device)
+            sq = _square(xyxy)
+            reg, _, _ = self._run(self.onet, _crops(batch, sq, inds, 48))
+            sq = _square(_regress(sq, reg))
+            reg, marks, prob = self._run(self.onet, _crops(batch, sq, inds, 48))
+            ok = prob[:, 1] > self.threshold
+            w = (sq[:, 2] - sq[:, 0] + 1)[:, None]
+            h = (sq[:, 3] - sq[:, 1] + 1)[:, None]
+            points = torch.stack([w * marks[:, :5] + sq[:, 0:1] - 1, h * marks[:, 5:] + sq[:, 1:2] - 1], dim=2)
+            final = _regress(sq, reg)
+            sel = ok.nonzero().flatten()
+            if len(sel):
+                sel = sel[_nms_min(final[sel], prob[sel, 1], 0.7)]
+            found = ok.cpu().numpy()
+            xywh, inside = clip_boxes(final[sel].cpu().numpy(), width, height)
+            return (Detections(xywh, prob[sel, 1].cpu().numpy()[inside].astype(np.float32),
+                               points[sel].cpu().numpy().astype(np.float32)[inside]), found)
 
 
 @DETECTORS.register("haar")

@@ -26,6 +26,8 @@ import math
 import os
 import re
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -37,6 +39,7 @@ from tqdm.auto import tqdm
 from .errors import ProxytasksError
 from .fileio import atomic_write
 from .manifest import Manifest, face_from_dict
+from .quality import QUALITY_VERSION, face_quality, has_colour
 from .track import TrackerConfig, detect_cuts, frame_histogram
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +51,9 @@ PART_VERSION = 1
 JPEG_QUALITY = 92
 _EXIF_ORIENTATION = 0x0112
 _CHECKPOINT_SECONDS = 5.0  # least time between two manifest rewrites (the parts are always current)
+_MAX_PENDING_WRITES = 8  # JPEG files queued for the writer thread at most (bounds memory: 8 full-HD frames ~ 50 MB)
+DETECT_SIZE = 540  # the detector sees frames whose shorter side is above this downscaled to it
+DETECT_EVERY = 5  # full detection on every N-th kept frame; faces are followed in between
 
 
 @dataclass
@@ -160,19 +166,50 @@ def _remove_temporaries(folder: Path, pattern: str = ".*.tmp") -> None:
 
 
 class _Writer:
-    """Turns detections on one image into manifest records and writes frame/crop files."""
+    """Turns detections on one image into manifest records and writes frame/crop files.
 
-    def __init__(self, out_dir: Path, key: str, media_rel: str, crops: bool, margin: float) -> None:
+    JPEG files are encoded on a background thread (Pillow releases the GIL while it
+    encodes), so decoding and detection of the next frames go on meanwhile; :meth:`close`
+    waits for every file and raises the first error."""
+
+    def __init__(self, out_dir: Path, key: str, media_rel: str, crops: bool, margin: float,
+                 quality: bool = True) -> None:
         self.out_dir, self.key, self.media_rel = out_dir, key, media_rel
-        self.crops, self.margin = crops, margin
+        self.crops, self.margin, self.quality = crops, margin, quality
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()
 
     def rel(self, path: Path) -> str:
         return Path(os.path.relpath(path, self.out_dir)).as_posix()
 
+    def _save(self, img: Image.Image, path: Path) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-jpeg")
+        while len(self._pending) >= _MAX_PENDING_WRITES:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(_save_jpeg, img, path))
+
+    def close(self) -> None:
+        """Wait for every file queued; the first error is raised once all have finished."""
+        error = None
+        while self._pending:
+            try:
+                self._pending.popleft().result()
+            except BaseException as e:  # noqa: BLE001 - the first one is raised below
+                error = error or e
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if error is not None:
+            raise error
+
     def faces(self, img: Image.Image, det: "Detections", frame: int | None, t: float | None,
-              image_path: Path | None) -> list[dict[str, Any]]:
-        """Records for the faces of one frame or photo; writes the frame when it has faces."""
-        boxes = np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4)
+              image_path: Path | None, scale: float = 1.0) -> list[dict[str, Any]]:
+        """Records for the faces of one frame or photo; writes the frame when it has faces.
+
+        ``scale``: the detections were made on the picture downscaled by this factor
+        (boxes and landmarks are brought back to ``img``'s pixels)."""
+        boxes = np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4) / scale
         kept = [(k, b) for k, b in ((k, _clip_box(b, img.width, img.height)) for k, b in enumerate(boxes))
                 if b is not None]
         if not kept:
@@ -185,8 +222,9 @@ class _Writer:
             -sk[0] if sk[0] is not None else math.inf, sk[1][1]))]
         if image_path is None:
             image_path = self.out_dir / "frames" / self.key / f"{frame:06d}.jpg"
-            _save_jpeg(img, image_path)
+            self._save(img, image_path)
         records = []
+        colour = None  # whether the picture has colour (the skin term needs it), measured once
         for n, (k, box) in enumerate(kept):
             fid = f"{self.key}_{n}" if frame is None else f"{self.key}_{frame:06d}_{n}"
             rec: dict[str, Any] = {"id": fid, "media": self.media_rel, "frame": frame}
@@ -197,12 +235,16 @@ class _Writer:
             if det.scores is not None and len(det.scores) > k and _finite(det.scores[k]) is not None:
                 rec["score"] = round(float(det.scores[k]), 6)
             if det.landmarks is not None and len(det.landmarks) > k:
-                marks = np.asarray(det.landmarks[k], dtype=np.float64).reshape(-1, 2)
+                marks = np.asarray(det.landmarks[k], dtype=np.float64).reshape(-1, 2) / scale
                 if np.isfinite(marks).all():
                     rec["landmarks"] = [[round(float(a), 2), round(float(b), 2)] for a, b in marks]
+            if self.quality:
+                if colour is None:
+                    colour = has_colour(img)
+                rec["quality"] = face_quality(img, box, rec.get("score"), rec.get("landmarks"), colour)
             if self.crops:
                 path = self.out_dir / "crops" / self.key / f"{fid}.jpg"
-                _save_jpeg(crop_face(img, box, self.margin), path)
+                self._save(crop_face(img, box, self.margin), path)
                 rec["crop"] = self.rel(path)
             records.append(rec)
         return records
@@ -237,7 +279,9 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
                  detector: "Detector | str" = "mtcnn", fps: float | None = None, stride: int | None = None,
                  min_face: int = 20, threshold: float | None = None, crops: bool = True,
                  margin: float = 0.2, batch_size: int = 8, progress: bool = True, resume: bool = True,
-                 device: str | None = None, shot_config: TrackerConfig | None = None) -> IngestReport:
+                 device: str | None = None, shot_config: TrackerConfig | None = None,
+                 detect_size: int | None = DETECT_SIZE, detect_every: int = DETECT_EVERY,
+                 quality: bool = True, shard: tuple[int, int] | None = None) -> IngestReport:
     """Detect the faces of videos and photos and write them as a manifest.
 
     Args:
@@ -246,20 +290,32 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
         detector: a :class:`~proxytasks.detect.Detector` or a detector name.
         fps: sample videos at this rate (None: every frame, or ``stride``).
         stride: keep every ``stride``-th frame.
-        min_face: least face side in pixels (detector by name only).
+        min_face: least face side in pixels of the picture the detector sees (detector by
+            name only): at 1080p with ``detect_size`` 540, faces from 40 pixels.
         threshold: detector confidence threshold (detector by name only; None: its default).
         crops: write a margin-padded crop per face and set ``crop``.
         margin: crop margin as a fraction of the box size on each side.
-        batch_size: video frames per detector call.
-        progress: show a progress bar over frames.
+        batch_size: video frames per detector call (detectors that cannot follow faces).
+        progress: show a progress bar over frames, with a total and an ETA.
         resume: reuse media finished by an earlier run with the same settings.
         device: detector device (detector by name only).
         shot_config: thresholds for shot cuts (``shot_k``, ``shot_min``, ``shot_threshold``).
+        detect_size: the detector sees pictures whose shorter side is above this downscaled
+            to it (boxes and landmarks are brought back to full resolution; frames and crops
+            are written at full resolution); None or 0: full resolution.
+        detect_every: with a detector that can follow faces (``track``, e.g. MTCNN), run
+            the full detector on every ``detect_every``-th kept frame only, and follow the
+            faces in between; a frame that may start a new shot, or where a followed face is
+            lost, is detected in full too. 1: detect every frame.
+        quality: score every face (``quality``, see :mod:`proxytasks.quality`).
+        shard: ``(i, n)``: process only block ``i`` of ``n`` of the media (contiguous, in
+            the order found); ids are those of the whole run, and
+            :func:`merge_manifests` joins the ``n`` manifests.
 
     Raises:
         ProxytasksError: no media found, or none could be read, or no face at all.
     """
-    from .media import find_media, is_video, iter_video, read_image
+    from .media import expected_frames, find_media, is_video, iter_video, read_image
 
     start = time.perf_counter()
     out = Path(out_manifest)
@@ -269,6 +325,11 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
         paths = [paths]
     if batch_size < 1 or margin < 0:
         raise ProxytasksError("batch_size must be >= 1 and margin >= 0")
+    if detect_every < 1:
+        raise ProxytasksError(f"detect_every must be >= 1, got {detect_every}")
+    if detect_size is not None and detect_size < 0:
+        raise ProxytasksError(f"detect_size must be >= 0 (0: full resolution), got {detect_size}")
+    detect_size = detect_size or None
     media: list[Path] = []
     seen: set[Path] = set()
     for p in find_media(list(paths)):
@@ -278,11 +339,21 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
     if not media:
         raise ProxytasksError(f"no videos or images found in {', '.join(map(str, paths))}")
     keys = media_keys(media)
+    rels = [Path(os.path.relpath(p.resolve(), out_dir)).as_posix() for p in media]
+    block = range(len(media))
+    if shard is not None:
+        i, n = shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ProxytasksError(f"--shard {i}/{n}: I/N needs N >= 1 and 0 <= I < N (shards count from 0)")
+        cut = np.array_split(np.arange(len(media)), n)[i]
+        block = range(int(cut[0]), int(cut[-1]) + 1) if len(cut) else range(0)
     cfg = shot_config or TrackerConfig()
     det_name = detector if isinstance(detector, str) else getattr(detector, "name", type(detector).__name__)
     settings = {"detector": det_name, "fps": fps, "stride": stride, "min_face": min_face,
                 "threshold": threshold, "crops": crops, "margin": margin,
-                "shot": [cfg.shot_k, cfg.shot_min, cfg.shot_threshold]}
+                "shot": [cfg.shot_k, cfg.shot_min, cfg.shot_threshold],
+                "detect_size": detect_size, "detect_every": detect_every,
+                "quality": QUALITY_VERSION if quality else None}
     det_obj: list[Detector] = [] if isinstance(detector, str) else [detector]
 
     def get_detector() -> "Detector":
@@ -311,11 +382,19 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
             Manifest(faces, out_dir).write(out)
         dirty, last_write = False, time.perf_counter()
 
-    bar = tqdm(desc="ingest", unit="frame", disable=not progress)
+    # The bar's total: every media's frames from its header (frame count, else duration x
+    # rate) and the sampling; corrected as each media finishes or is reused.
+    expected = {k: (expected_frames(media[k], fps, stride) if is_video(media[k]) else 1) for k in block}
+    unknown = sum(v is None for v in expected.values())
+    total = sum(v or 0 for v in expected.values())
+    bar = tqdm(desc="ingest", unit="frame", total=total or None, disable=not progress, dynamic_ncols=True)
+    if unknown:
+        logger.info("%d video(s) give no frame count or duration: the total counts them as they finish",
+                    unknown)
     faces_found = 0
     try:
-        for path, key in zip(media, keys):
-            media_rel = Path(os.path.relpath(path.resolve(), out_dir)).as_posix()
+        for k in block:
+            path, key, media_rel = media[k], keys[k], rels[k]
             part_path = parts_dir / f"{key}.json"
             stamp = _source_stamp(path)
             if resume:
@@ -326,6 +405,7 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
                         report.shots[media_rel] = part["shots"]
                     report.reused.append(media_rel)
                     faces_found += len(part["faces"])
+                    _retotal(bar, -(expected[k] or 0))
                     dirty = True
                     continue
             # Redo: first drop its record, so that a kill while its files are rewritten (with
@@ -333,20 +413,28 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
             part_path.unlink(missing_ok=True)
             for sub in ("frames", "crops"):
                 _remove_temporaries(out_dir / sub / key)
-            writer = _Writer(out_dir, key, media_rel, crops, margin)
+            writer = _Writer(out_dir, key, media_rel, crops, margin, quality)
+            frames_before = report.frames
             try:
-                if is_video(path):
-                    faces, n_frames, shots, warning = _ingest_video(
-                        path, writer, get_detector, iter_video(path, fps=fps, stride=stride),
-                        batch_size, cfg, bar, report, faces_found)
-                else:
-                    faces, n_frames, shots, warning = _ingest_photo(path, writer, get_detector, read_image)
-                    bar.update(1)
-                    report.frames += 1
+                try:
+                    if is_video(path):
+                        faces, n_frames, shots, warning = _ingest_video(
+                            path, writer, get_detector,
+                            iter_video(path, fps=fps, stride=stride, detect_size=detect_size),
+                            batch_size, cfg, bar, report, faces_found, detect_every)
+                    else:
+                        faces, n_frames, shots, warning = _ingest_photo(path, writer, get_detector, read_image,
+                                                                        detect_size)
+                        bar.update(1)
+                        report.frames += 1
+                finally:
+                    writer.close()
             except _BadMedia as e:
                 logger.warning("skipping %s: %s", path, e)
                 report.skipped[str(path)] = str(e)
+                _retotal(bar, (report.frames - frames_before) - (expected[k] or 0))
                 continue
+            _retotal(bar, (report.frames - frames_before) - (expected[k] or 0))
             if warning:
                 logger.warning("%s: %s", path, warning)
                 report.warnings[str(path)] = warning
@@ -370,6 +458,14 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
     report.faces = faces_found
     report.seconds = time.perf_counter() - start
     report.frames_per_second = report.frames / max(report.seconds, 1e-9)
+    if shard is not None:
+        if not faces_found:
+            # A shard may hold only media without faces: an empty manifest says so.
+            with atomic_write(out) as fh:
+                fh.write("")
+            logger.warning("shard %d/%d: no face in its %d media", shard[0], shard[1], len(block))
+        _write_shard_record(out, shard, [str(p.resolve()) for p in media], rels, keys, block, settings, report)
+        return report
     if not records:
         raise ProxytasksError(
             f"none of the {len(media)} media could be read: "
@@ -381,6 +477,14 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
                 len(records), len(report.reused), len(report.skipped), report.frames, faces_found,
                 report.frames_per_second)
     return report
+
+
+def _retotal(bar: tqdm, delta: int) -> None:
+    """Move the bar's total by ``delta`` frames (a media reused, or longer or shorter than
+    its header said)."""
+    if delta and bar.total is not None:
+        bar.total = max(bar.total + delta, bar.n)
+        bar.refresh()
 
 
 def _load_part(path: Path, media_rel: str, stamp: dict, settings: dict, out_dir: Path) -> dict | None:
@@ -414,31 +518,149 @@ def _whole_file(path: Path) -> bool:
         return False
 
 
+def _no_faces() -> "Detections":
+    from .detect import Detections
+
+    return Detections.empty(True)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of ``[x, y, w, h]`` boxes."""
+    a, b = a.reshape(-1, 1, 4), b.reshape(1, -1, 4)
+    w = np.clip(np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    return inter / np.maximum(a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter, 1e-9)
+
+
+def _redetect_around(detector, image: Image.Image, lost: np.ndarray, found: "Detections",
+                     grow: float = 1.0) -> "Detections":
+    """``found`` plus the faces the detector finds in the regions around the ``lost``
+    boxes (each grown by ``grow`` of its size on every side), less those that overlap a
+    face already found."""
+    from .detect import Detections
+
+    regions, offsets = [], []
+    for x, y, w, h in lost:
+        side = max(w, h) * (1 + 2 * grow)
+        cx, cy = x + w / 2, y + h / 2
+        box = (int(max(cx - side / 2, 0)), int(max(cy - side / 2, 0)),
+               int(min(cx + side / 2, image.width)), int(min(cy + side / 2, image.height)))
+        if box[2] - box[0] >= 12 and box[3] - box[1] >= 12:
+            regions.append(image.crop(box))
+            offsets.append(box[:2])
+    boxes, scores, marks = [found.boxes], [found.scores], [found.landmarks]
+    for det, (ox, oy) in zip(detector.detect(regions) if regions else [], offsets):
+        if not len(det.boxes):
+            continue
+        b = det.boxes + np.array([ox, oy, 0, 0], np.float32)
+        have = np.concatenate(boxes)
+        keep = _iou(b, have).max(axis=1) < 0.3 if len(have) else np.ones(len(b), bool)
+        boxes.append(b[keep])
+        scores.append(det.scores[keep])
+        if marks[0] is not None and det.landmarks is not None:
+            marks.append(det.landmarks[keep] + np.array([ox, oy], np.float32))
+    if len(boxes) == 1:
+        return found
+    landmarks = np.concatenate(marks) if marks[0] is not None and len(marks) == len(boxes) else None
+    return Detections(np.concatenate(boxes), np.concatenate(scores), landmarks)
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """torch on one thread for the block (small batches of tiny convolutions, where a
+    second thread only adds waiting, most of all on a busy machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, batch_size: int,
                   cfg: TrackerConfig, bar: tqdm, report: IngestReport,
-                  faces_before: int) -> tuple[list[dict], int, int, str | None]:
-    """Faces, frames read, shots and a warning (corrupt tail) for one video."""
+                  faces_before: int, detect_every: int = 1) -> tuple[list[dict], int, int, str | None]:
+    """Faces, frames read, shots and a warning (corrupt tail) for one video.
+
+    With a detector that can follow faces (a ``track(image, boxes)`` method) and
+    ``detect_every`` above 1, the full detector runs on key frames only: every
+    ``detect_every``-th kept frame, a frame whose colour histogram moved enough to be a
+    possible shot cut (above ``cfg.shot_min``, the least cut threshold), and a frame where
+    a followed face was lost; in between, the faces of the previous frame are followed.
+    Other detectors see batches of ``batch_size`` frames."""
     faces: list[dict] = []
     hists: list[np.ndarray] = []
     index: list[int] = []
     batch: list = []
     warning = None
     t0 = time.perf_counter()
+    detector = get_detector()
+    follow = detect_every > 1 and callable(getattr(detector, "track", None))
+    state: dict[str, Any] = {"boxes": None, "since": 0}
+    keyframes: dict[str, int] = {}  # full detections by reason
+    local: dict[str, int] = {}  # faces looked for again around where they were lost
 
-    def flush() -> None:
-        dets = get_detector().detect([f.image for f in batch])
-        for fr, det in zip(batch, dets):
-            faces.extend(writer.faces(fr.image, det, fr.index, fr.time, None))
-        bar.update(len(batch))
-        report.frames += len(batch)
+    def emit(fr, det) -> None:
+        scale = fr.detect_image.width / fr.image.width
+        faces.extend(writer.faces(fr.image, det, fr.index, fr.time, None, scale))
+
+    def progress(n: int) -> None:
+        bar.update(n)
+        report.frames += n
         rate = len(index) / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(fps=f"{rate:.1f}", faces=faces_before + len(faces), refresh=False)
+
+    def flush() -> None:
+        dets = detector.detect([f.detect_image for f in batch])
+        for fr, det in zip(batch, dets):
+            emit(fr, det)
+        progress(len(batch))
         batch.clear()
+
+    def step(fr, moved: float) -> None:
+        det = None
+        boxes = state["boxes"]
+        if boxes is None:
+            why = "first"
+        elif state["since"] >= detect_every:
+            why = "every"
+        elif moved > cfg.shot_min:
+            why = "cut"
+        elif not len(boxes):
+            why, det = None, _no_faces()
+        else:
+            with _single_thread():  # a few tiny crops: threads only wait on each other
+                det, found = detector.track(fr.detect_image, boxes)
+                if not found.all():
+                    # Look again where a face was lost, with the full detector on the region
+                    # around it only (a face at the detector's limit flickers; one that moved
+                    # fast is found again).
+                    det = _redetect_around(detector, fr.detect_image, boxes[~found], det)
+                    local["lost"] = local.get("lost", 0) + int((~found).sum())
+            why = None
+        if why is not None:
+            det = detector.detect([fr.detect_image])[0]
+            state["since"] = 0
+            keyframes[why] = keyframes.get(why, 0) + 1
+        state["boxes"] = det.boxes
+        state["since"] += 1
+        emit(fr, det)
+        progress(1)
 
     try:
         for fr in _frames(frames):
-            hists.append(frame_histogram(fr.image))
+            hists.append(frame_histogram(fr.detect_image))
             index.append(fr.index)
+            if follow:
+                moved = 0.5 * float(np.abs(hists[-1] - hists[-2]).sum()) if len(hists) > 1 else 0.0
+                step(fr, moved)
+                continue
             batch.append(fr)
             if len(batch) >= batch_size:
                 flush()
@@ -450,6 +672,10 @@ def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, b
         flush()
     if not index:
         raise _BadMedia("no frame could be decoded")
+    if follow:
+        logger.info("%s: full detection on %d of %d frames (%s); %d lost faces looked for around "
+                    "where they were", path, sum(keyframes.values()), len(index),
+                    ", ".join(f"{k} {v}" for k, v in keyframes.items()), local.get("lost", 0))
     d = np.array([0.5 * np.abs(a - b).sum() for a, b in zip(hists[:-1], hists[1:])])
     shot_of = dict(zip(index, np.r_[0, np.cumsum(detect_cuts(d, cfg))].tolist()))
     for rec in faces:
@@ -457,16 +683,120 @@ def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, b
     return faces, len(index), int(shot_of[index[-1]]) + 1, warning
 
 
-def _ingest_photo(path: Path, writer: _Writer, get_detector,
-                  read_image) -> tuple[list[dict], int, None, None]:
+def _ingest_photo(path: Path, writer: _Writer, get_detector, read_image,
+                  detect_size: int | None = None) -> tuple[list[dict], int, None, None]:
     """Faces of one photo; the photo is referenced in place unless EXIF turned it."""
+    from .media import downscale
+
     try:
         img = read_image(path)
     except (ProxytasksError, OSError, ValueError) as e:
         raise _BadMedia(str(e) or type(e).__name__) from e
-    det = get_detector().detect([img])[0]
+    small = downscale(img, detect_size)
+    seen = small if small is not None else img
+    det = get_detector().detect([seen])[0]
     image_path = path.resolve()
     if len(det.boxes) and _exif_turned(path):
         image_path = writer.out_dir / "frames" / writer.key / "rotated.jpg"
         _save_jpeg(img, image_path)
-    return writer.faces(img, det, None, None, image_path), 1, None, None
+    return writer.faces(img, det, None, None, image_path, seen.width / img.width), 1, None, None
+
+
+# --------------------------------------------------------------------------- shards
+SHARD_VERSION = 1
+
+
+def shard_record_path(manifest: str | os.PathLike) -> Path:
+    """Where ``ingest --shard`` records which media its manifest covers: ``M.shard.json``."""
+    m = Path(manifest)
+    return m.parent / f"{m.name}.shard.json"
+
+
+def _digest(items: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(items).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _write_shard_record(out: Path, shard: tuple[int, int], paths: list[str], rels: list[str], keys: list[str],
+                        block: range, settings: dict, report: IngestReport) -> None:
+    """``M.shard.json``: the shard's place among all media (the digest of every media's
+    absolute path and key: shards of one run share it), its settings and its report."""
+    record = {"version": SHARD_VERSION, "index": shard[0], "count": shard[1], "media": len(rels),
+              "media_digest": _digest([f"{r}\t{k}" for r, k in zip(paths, keys)]),
+              "block": [block.start, block.stop], "block_media": rels[block.start:block.stop],
+              "settings": settings, "faces": report.faces, "done": report.done, "reused": report.reused,
+              "skipped": report.skipped, "shots": report.shots}
+    with atomic_write(shard_record_path(out)) as fh:
+        json.dump(record, fh, indent=1)
+
+
+def merge_manifests(manifests: list[str | os.PathLike], out: str | os.PathLike) -> Manifest:
+    """Join the manifests of ``ingest --shard I/N`` runs (any order) into the manifest of
+    the whole run: faces in media order, ids as one unsharded run gives them.
+
+    Raises:
+        ProxytasksError: naming the file, for a manifest without its shard record, a shard
+            of another run (other media or settings), a shard given twice, or missing shards.
+    """
+    if not manifests:
+        raise ProxytasksError("no manifest to merge")
+    shards: dict[int, tuple[dict, Path]] = {}
+    first: dict | None = None
+    for m in map(Path, manifests):
+        rec_path = shard_record_path(m)
+        if not m.is_file():
+            raise ProxytasksError(f"{m}: no such manifest")
+        try:
+            rec = json.loads(rec_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ProxytasksError(f"{m}: not a shard ({rec_path.name} is missing beside it); give the "
+                                  "manifests that `proxytasks ingest --shard I/N` wrote") from None
+        except (OSError, ValueError) as e:
+            raise ProxytasksError(f"{rec_path}: unreadable shard record ({e})") from None
+        if not isinstance(rec, dict) or rec.get("version") != SHARD_VERSION:
+            raise ProxytasksError(f"{rec_path}: not a shard record of this version")
+        if first is None:
+            first, first_name = rec, m
+        elif (rec["count"], rec["media"], rec["media_digest"]) != (first["count"], first["media"],
+                                                                   first["media_digest"]):
+            raise ProxytasksError(f"{m}: shard of another run ({rec['media']} media in {rec['count']} shards, "
+                                  f"against {first['media']} in {first['count']} for {first_name}); give "
+                                  "the shards of one media list")
+        elif rec["settings"] != first["settings"]:
+            other = sorted(k for k in set(rec["settings"]) | set(first["settings"])
+                           if rec["settings"].get(k) != first["settings"].get(k))
+            raise ProxytasksError(f"{m}: ingested with other settings than {first_name} ({', '.join(other)} "
+                                  "differ); run every shard with the same options")
+        i = rec["index"]
+        if i in shards:
+            raise ProxytasksError(f"{m}: shard {i} is also {shards[i][1]}")
+        shards[i] = (rec, m)
+    assert first is not None
+    missing = sorted(set(range(first["count"])) - set(shards))
+    if missing:
+        raise ProxytasksError(f"shards {', '.join(map(str, missing))} of {first['count']} are missing "
+                              f"(run `proxytasks ingest --shard I/{first['count']}` for them)")
+    out = Path(out)
+    out_dir = out.parent
+    faces = []
+    for i in range(first["count"]):
+        rec, m = shards[i]
+        if not rec["faces"]:
+            continue
+        part = Manifest.read(m)
+        for f in part.faces:  # paths rebased onto the merged manifest's folder
+            for name in ("image", "crop"):
+                if getattr(f, name) is not None:
+                    setattr(f, name, part._rebase(getattr(f, name), out_dir))
+            if not os.path.isabs(f.media) and (part.root / f.media).exists():
+                f.media = part._rebase(f.media, out_dir)
+        faces.extend(part.faces)
+    if not faces:
+        raise ProxytasksError(f"no face in any of the {first['count']} shards")
+    ids = [f.id for f in faces]
+    if len(set(ids)) != len(ids):
+        raise ProxytasksError("the shards share face ids: they are not shards of one run")
+    merged = Manifest(faces, out_dir)
+    merged.write(out)
+    return merged

@@ -31,7 +31,7 @@ from .fileio import atomic_write
 logger = logging.getLogger(__name__)
 
 FIELDS = ("id", "media", "frame", "time", "image", "bbox", "crop", "score", "landmarks",
-          "track", "shot", "identity")
+          "track", "shot", "identity", "quality")
 PATH_FIELDS = ("image", "crop")
 # Small slack for boxes computed in floating point (pixels).
 BOX_SLACK = 1.0
@@ -68,6 +68,7 @@ class Face:
     track: str | None = None
     shot: int | None = None
     identity: str | None = None
+    quality: float | None = None  # face quality 0..1 (proxytasks.quality); low: marked
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +135,8 @@ def _check_fields(obj: dict[str, Any]) -> list[str]:
             bad(name, "a finite number")
     if obj.get("time") is not None and _is_number(obj["time"]) and obj["time"] < 0:
         bad("time", "a non-negative number of seconds")
+    if obj.get("quality") is not None and (not _is_number(obj["quality"]) or not 0 <= obj["quality"] <= 1):
+        bad("quality", "a number from 0 to 1")
     box = obj.get("bbox")
     if box is not None:
         if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):

@@ -40,11 +40,42 @@ class Frame:
         time: seconds from the start of the video (pts * time_base, less the stream's
             start time); None for a photo.
         image: the RGB picture.
+        small: the picture downscaled for a detector (``detect_size``), or None when
+            ``image`` is already small enough.
     """
 
     index: int
     time: float | None
     image: Image.Image
+    small: Image.Image | None = None
+
+    @property
+    def detect_image(self) -> Image.Image:
+        """The picture a detector should see: ``small`` where there is one."""
+        return self.small if self.small is not None else self.image
+
+
+def detect_scale(width: int, height: int, detect_size: int | None) -> float:
+    """The factor that brings a ``width`` x ``height`` picture's shorter side down to
+    ``detect_size`` (1.0 when it is already that small, or when ``detect_size`` is None/0)."""
+    short = min(width, height)
+    if not detect_size or short <= detect_size:
+        return 1.0
+    return detect_size / short
+
+
+def small_size(width: int, height: int, detect_size: int | None) -> tuple[int, int] | None:
+    """The downscaled size for a detector (even sides), or None to keep the picture."""
+    s = detect_scale(width, height, detect_size)
+    if s >= 1.0:
+        return None
+    return max(2, int(round(width * s / 2)) * 2), max(2, int(round(height * s / 2)) * 2)
+
+
+def downscale(image: Image.Image, detect_size: int | None) -> Image.Image | None:
+    """``image`` brought down to ``detect_size`` on its shorter side (None when it is small)."""
+    size = small_size(image.width, image.height, detect_size)
+    return None if size is None else image.resize(size, Image.BILINEAR, reducing_gap=2.0)
 
 
 def is_sequence(path: str | Path) -> bool:
@@ -64,14 +95,39 @@ def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS or is_sequence(path)
 
 
-def iter_sequence(path: str | Path, stride: int | None = None) -> Iterator[Frame]:
+def _sequence_files(path: str | Path) -> list[Path]:
+    return sorted((c for c in Path(path).iterdir() if c.is_file() and c.stem.isdigit()
+                   and c.suffix.lower() in IMAGE_EXTENSIONS), key=lambda c: int(c.stem))
+
+
+def iter_sequence(path: str | Path, stride: int | None = None,
+                  detect_size: int | None = None) -> Iterator[Frame]:
     """The frames of an image-sequence folder, in frame-number order; the frame index is
     the number in the file name (``time`` is None: a sequence carries no time stamps)."""
-    files = sorted((c for c in Path(path).iterdir() if c.is_file() and c.stem.isdigit()
-                    and c.suffix.lower() in IMAGE_EXTENSIONS), key=lambda c: int(c.stem))
-    for k, file in enumerate(files):
+    for k, file in enumerate(_sequence_files(path)):
         if stride is None or k % stride == 0:
-            yield Frame(index=int(file.stem), time=None, image=read_image(file))
+            image = read_image(file)
+            yield Frame(index=int(file.stem), time=None, image=image, small=downscale(image, detect_size))
+
+
+def expected_frames(path: str | Path, fps: float | None = None, stride: int | None = None) -> int | None:
+    """How many frames :func:`iter_video` will yield, from the header (frame count, else
+    duration x frame rate) and the sampling; None when the header says nothing."""
+    if is_sequence(path):
+        n = len(_sequence_files(path))
+        return -(-n // stride) if stride else n
+    try:
+        info = video_info(path)
+    except ProxytasksError:
+        return None
+    n = info["frames"]
+    if n <= 0:
+        return None
+    if stride:
+        return -(-n // stride)
+    if fps and info["fps"] > 0 and fps < info["fps"]:
+        return max(1, int(round(n * fps / info["fps"])))
+    return n
 
 
 def _av():
@@ -135,13 +191,16 @@ def video_info(path: str | Path) -> dict[str, Any]:
 
 
 def iter_video(path: str | Path, fps: float | None = None,
-               stride: int | None = None) -> Iterator[Frame]:
+               stride: int | None = None, detect_size: int | None = None) -> Iterator[Frame]:
     """Decode a video lazily, one RGB frame at a time.
 
     Args:
         path: the video file.
         fps: keep about this many frames per second, chosen by time stamps.
         stride: keep every ``stride``-th frame (0, stride, 2*stride, ...).
+        detect_size: also give each kept frame downscaled to this shorter side
+            (``Frame.small``), scaled by FFmpeg's scaler straight from the decoded
+            picture; frames already that small get none.
 
     Yields:
         :class:`Frame` objects; ``index`` counts every decoded frame, kept or not.
@@ -155,7 +214,7 @@ def iter_video(path: str | Path, fps: float | None = None,
     if is_sequence(path):
         if fps is not None:
             raise ProxytasksError(f"{path}: an image sequence has no time stamps; use a stride, not fps")
-        yield from iter_sequence(path, stride)
+        yield from iter_sequence(path, stride, detect_size)
         return
     if stride is not None and stride < 1:
         raise ProxytasksError(f"iter_video: stride must be >= 1, got {stride}")
@@ -191,7 +250,13 @@ def iter_video(path: str | Path, fps: float | None = None,
                     if rel + 0.5 / native_fps < next_time:
                         continue
                     next_time = (math.floor(rel * fps + 0.5) + 1) / fps
-                yield Frame(index=index, time=time, image=frame.to_image())
+                image = Image.fromarray(frame.to_ndarray(format="rgb24"))
+                small = None
+                size = small_size(frame.width, frame.height, detect_size)
+                if size is not None:
+                    small = Image.fromarray(frame.reformat(width=size[0], height=size[1], format="rgb24",
+                                                           interpolation="AREA").to_ndarray())
+                yield Frame(index=index, time=time, image=image, small=small)
         except (av.FFmpegError, OSError, ValueError, MemoryError) as exc:
             raise ProxytasksError(
                 f"video {path}: decoding failed at frame {index + 1} ({exc}); the file may be "

@@ -452,6 +452,28 @@ def _compact(arrays: Sequence[np.ndarray], start: int, stop: int, keep: np.ndarr
     return w
 
 
+def low_quality_mask(manifest: Manifest) -> np.ndarray:
+    """Per face: marked low quality by ingest (``quality`` below
+    :data:`proxytasks.quality.LOW_QUALITY`; faces without a quality are not marked)."""
+    from .quality import LOW_QUALITY
+
+    q = np.array(list(map(attrgetter("quality"), manifest.faces)), dtype=np.float64)  # None -> nan
+    return q < LOW_QUALITY
+
+
+def _without_low_quality(manifest: Manifest, i: np.ndarray, j: np.ndarray,
+                         rule: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows less those that touch a face marked low quality: such faces (the back of a
+    head, a hand, a blur) stay in the manifest but give no training pairs."""
+    low = low_quality_mask(manifest)
+    if not low.any():
+        return i, j, rule
+    keep = ~(low[i] | low[j])
+    logger.info("%d faces marked low quality: %d of %d pairs left out", int(low.sum()),
+                int(len(keep) - keep.sum()), len(keep))
+    return i[keep], j[keep], rule[keep]
+
+
 class RuleSet:
     """Several rules applied together, with conflicts resolved by ``policy``."""
 
@@ -480,6 +502,8 @@ class RuleSet:
             i, j, rule, conflicts = self._pairs(cols, n)
         finally:
             cols._memo = None
+        if isinstance(manifest, Manifest):
+            i, j, rule = _without_low_quality(manifest, i, j, rule)
         infos = [RuleInfo(r.name, r.label, r.weight) for r in self.rules]
         return PairSet(i, j, rule, infos, n_faces=n, face_ids=face_ids, conflicts=conflicts,
                        policy=self.policy)

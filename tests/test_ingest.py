@@ -255,3 +255,89 @@ def test_image_sequence_is_one_video(tmp_path):
     assert {f.media for f in m} == {"../seq"}
     assert sorted({f.frame for f in m}) == list(range(10, 18)) and all(f.time is None for f in m)
     assert {f.frame: f.shot for f in m if f.bbox[0] == 8} == {10 + i: int(i >= 4) for i in range(8)}
+
+
+# --------------------------------------------------------------------------- issue 18: fast path
+class FollowingDetector(FakeDetector):
+    """FakeDetector that can also follow faces (``track``): records which frames got a full
+    detection, which were followed, and which regions were searched again; ``lose`` names
+    frame colours where following loses every face."""
+
+    def __init__(self, lose=None) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.lose = lose
+
+    def detect(self, images):
+        self.calls.extend("region" if img.size[0] < 90 else "detect" for img in images)
+        return super().detect(images)
+
+    def track(self, image, boxes):
+        self.calls.append("track")
+        colour = tuple(int(round(v / 40)) * 40 for v in np.asarray(image, dtype=float).mean((0, 1)))
+        found = np.ones(len(boxes), bool)
+        if self.lose is not None and _close(colour, self.lose):
+            found[:] = False
+            boxes = boxes[:0]
+        return FakeDetections(np.asarray(boxes, np.float32), np.full(len(boxes), 0.95, np.float32),
+                              np.zeros((len(boxes), 5, 2), np.float32) + 12), found
+
+
+def test_full_detection_on_key_frames_and_cuts_only(tmp_path: Path) -> None:
+    write_video(tmp_path / "clip.mp4", [RED] * 12 + [BLUE] * 12)
+    det = FollowingDetector()
+    report = ingest_media(tmp_path / "clip.mp4", tmp_path / "out" / "m.jsonl", det, detect_every=5,
+                          progress=False)
+    # key frames: 0, 5, 10, the cut at 12, 17, 22; the others followed
+    keys = [k for k, c in enumerate(c for c in det.calls if c in ("detect", "track")) if c == "detect"]
+    assert keys == [0, 5, 10, 12, 17, 22]
+    m = Manifest.read(report.manifest)
+    assert sorted({f.frame for f in m}) == list(range(24)) and report.shots["../clip.mp4"] == 2
+    # detect_every=1 (or a detector that cannot follow) detects every frame, in batches
+    det = FollowingDetector()
+    ingest_media(tmp_path / "clip.mp4", tmp_path / "out2" / "m.jsonl", det, detect_every=1, progress=False)
+    assert det.calls == ["detect"] * 24
+
+
+def test_lost_faces_are_looked_for_around_where_they_were(tmp_path: Path) -> None:
+    write_video(tmp_path / "clip.mp4", [RED] * 3 + [(200, 40, 120)] * 3, size=(192, 128))
+    det = FollowingDetector(lose=(200, 40, 120))
+    ingest_media(tmp_path / "clip.mp4", tmp_path / "out" / "m.jsonl", det, detect_every=10, progress=False)
+    # frame 3 changes colour (a possible cut: full detection); at 4 and 5 following loses the
+    # faces, and only the regions around them are searched again
+    assert det.calls[:6] == ["detect", "track", "track", "detect", "track", "region"]
+    assert det.calls.count("detect") == 2
+
+
+def test_detector_sees_downscaled_frames_boxes_come_back(tmp_path: Path) -> None:
+    write_video(tmp_path / "clip.mp4", [GREEN] * 4, size=(192, 128))
+    sizes = []
+
+    class Recording(FakeDetector):
+        def detect(self, images):
+            sizes.extend(im.size for im in images)
+            return super().detect(images)
+
+    report = ingest_media(tmp_path / "clip.mp4", tmp_path / "out" / "m.jsonl", Recording(), detect_size=64,
+                          progress=False)
+    assert set(sizes) == {(96, 64)}
+    m = Manifest.read(report.manifest)
+    first = [f for f in m if f.frame == 0 and f.id.endswith("_0")][0]
+    assert first.bbox == [16.0, 16.0, 48.0, 48.0] and first.landmarks[0] == [24.0, 28.0]
+    with Image.open(report.manifest.parent / first.image) as im:
+        assert im.size == (192, 128)  # frames stay at full resolution
+    assert all(f.quality is not None and 0 <= f.quality <= 1 for f in m)
+
+
+def test_progress_bar_has_a_total_from_the_headers(tmp_path: Path, capsys) -> None:
+    from proxytasks.media import expected_frames
+
+    write_video(tmp_path / "media" / "a.mp4", [RED] * 20)
+    write_video(tmp_path / "media" / "b.mp4", [BLUE] * 10)
+    Image.new("RGB", (80, 60), GREEN).save(tmp_path / "media" / "c.png")
+    assert expected_frames(tmp_path / "media" / "a.mp4") == 20
+    assert expected_frames(tmp_path / "media" / "a.mp4", stride=3) == 7
+    assert expected_frames(tmp_path / "media" / "a.mp4", fps=5) == 10
+    ingest_media(tmp_path / "media", tmp_path / "out" / "m.jsonl", FakeDetector(), stride=3, progress=True)
+    err = capsys.readouterr().err
+    assert "12/12" in err  # 7 + 4 frames + 1 photo, with an ETA while it runs
