@@ -10,6 +10,7 @@ the person's clusters carrying the names); writes ``DIR/app/names.csv``. The pag
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import shutil
@@ -146,13 +147,14 @@ class Updater:
         nxt, emb_next = app / "run.next", app / "embeddings.next.npz"
         shutil.rmtree(nxt, ignore_errors=True)
         nxt.mkdir(parents=True)
-        backbone = TrainConfig().backbone
-        if ws.sources.run is not None:
-            config = ws.sources.run / "config.json"
+        options: dict[str, Any] = {}
+        if ws.sources.run is not None:  # the first run's settings (backbone, head, views, ...)
             try:
-                backbone = json.loads(config.read_text()).get("backbone", backbone)
-            except (OSError, ValueError):
-                pass
+                saved = json.loads((ws.sources.run / "config.json").read_text()).get("options", {})
+            except (OSError, ValueError, AttributeError):
+                saved = {}
+            known = {f.name for f in dataclasses.fields(TrainConfig)} - {"time_budget", "steps", "epochs", "resume"}
+            options = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
             if (ws.sources.run / "features.npz").is_file():  # the trunk features, reused when they match
                 shutil.copy2(ws.sources.run / "features.npz", nxt / "features.npz")
         job.set(0.02, f"training for up to {budget:.0f} s with {len(ann.named)} named faces")
@@ -168,8 +170,7 @@ class Updater:
         ticker = threading.Thread(target=tick, daemon=True)
         ticker.start()
         try:
-            summary = train(manifest, pairs, nxt, TrainConfig(backbone=backbone, time_budget=budget, seed=0),
-                            progress=False)
+            summary = train(manifest, pairs, nxt, TrainConfig(**{**options, "time_budget": budget}), progress=False)
         finally:
             stop.set()
         job.set(0.75, f"trained {summary['steps']} steps; embedding the faces")

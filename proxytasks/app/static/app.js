@@ -62,7 +62,7 @@ function matches(p) {
 
 function nameForm(placeholder, value, onName) {
   const input = el("input", { type: "text", placeholder, value: value || "", "aria-label": placeholder, class: "name-input" });
-  return el("form", { class: "name", onsubmit: (ev) => { ev.preventDefault(); if (input.value.trim()) onName(input.value); } },
+  return el("form", { class: "name-form", onsubmit: (ev) => { ev.preventDefault(); if (input.value.trim()) onName(input.value); } },
     input, el("button", { type: "submit", text: "Name" }));
 }
 
