@@ -337,3 +337,51 @@ def test_update_and_export(folder):
         assert status == 200 and out["faces"] == after["faces"] and out["named"] > before[a]["faces"]
         assert json.loads((folder / "app" / "dataset" / "names.json").read_text())["folders"]["Ann"]["faces"] > 0
         assert call(f"{url}/api/export", {"min_confidence": 0.99})[0] == 200  # replaces its own export
+
+
+def test_the_command_line_keeps_a_filled_sheet_and_runs(folder, tmp_path):
+    """`suggest -o` and a recipe re-run leave a filled sheet byte for byte; `train -o` keeps
+    a finished run; `name` on a sheet nobody filled stops; an unknown --set key is refused."""
+    from click.testing import CliRunner
+
+    from proxytasks.cli import cli
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, ["-q", *map(str, args)])
+
+    sheet = folder / "round1" / "suggestions.csv"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"out: {folder}\nn: 4\nsteps:\n  - suggest:\n      emb: '{{out}}/embeddings.npz'\n"
+                      f"      manifest: '{{out}}/tracked.jsonl'\n      clusters: '{{out}}/clusters.csv'\n"
+                      f"      n: '{{n}}'\n      pairs: 2\n      out: '{{out}}/round1/suggestions.csv'\n"
+                      f"  - name:\n      run: '{{out}}/run'\n      emb: '{{out}}/embeddings.npz'\n"
+                      f"      labels: ['{{out}}/round1/suggestions.csv']\n      out: '{{out}}/names.csv'\n")
+    res = invoke("run", recipe, "--to", "suggest")
+    assert res.exit_code == 0, res.output
+    assert f"fill the 'name' column of {sheet}" in res.output and f"proxytasks app {folder}" in res.output
+    assert f"proxytasks run {recipe} --from name" in res.output
+    assert invoke("run", recipe, "--to", "suggest").exit_code == 0  # its own, unfilled sheet: replaced
+    rows = list(csv.DictReader(open(sheet)))
+    assert rows and all(r["image"] and (sheet.parent / r["image"]).is_file() for r in rows if r["kind"] == "name")
+    res = invoke("run", recipe, "--from", "name")
+    assert res.exit_code == 2 and "no face is named" in res.output and f"proxytasks app {folder}" in res.output
+    assert not (folder / "names.csv").exists()
+    rows[0]["name"] = "Ann"
+    with open(sheet, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    filled = sheet.read_bytes()
+    res = invoke("suggest", folder / "embeddings.npz", folder / "tracked.jsonl", "-o", sheet)
+    assert res.exit_code == 2 and "1 answer(s) a person typed" in res.output and "--overwrite" in res.output
+    res = invoke("run", recipe, "--to", "suggest", "--set", "n=6")
+    assert res.exit_code == 2 and "stops before running anything" in res.output
+    assert sheet.read_bytes() == filled
+    res = invoke("run", recipe, "--set", "medai=x.mp4")
+    assert res.exit_code == 2 and "no variable 'medai'" in res.output and "n, out" in res.output
+    (folder / "run").mkdir()
+    (folder / "run" / "model.safetensors").write_bytes(b"x")
+    (folder / "run" / "config.json").write_text(json.dumps({"train": {"steps": 436}}))
+    res = invoke("train", folder / "tracked.jsonl", folder / "pairs.npz", "-o", folder / "run", "--time-budget", 1)
+    assert res.exit_code == 2 and "a trained model (436 steps)" in res.output and "--resume" in res.output
+    assert (folder / "run" / "model.safetensors").read_bytes() == b"x"
