@@ -191,8 +191,10 @@ def ingest(ctx: click.Context, media: tuple[Path, ...], out: Path, detector: str
            stride: int | None, min_face: int, threshold: float | None, no_crops: bool, margin: float,
            resume: bool, overwrite: bool) -> None:
     """Detect faces in videos and photos (files or folders) and write a manifest with shots."""
-    _refuse(out, "a manifest", "write elsewhere with -o (a run that was interrupted wrote no manifest yet: "
-            "rerun it as it was to resume)", overwrite)
+    # a rerun with --resume rebuilds the manifest from the records of the media it finished
+    _refuse(out, "a manifest", "write elsewhere with -o, or rerun with --resume (the default) to rebuild it from "
+            f"the media finished before ({out.name}.parts)", overwrite,
+            holds=out.exists() and not (resume and out.with_name(out.name + ".parts").is_dir()))
     from .ingest import ingest_media
 
     report = ingest_media(media, out, detector, fps=fps, stride=stride, min_face=min_face, threshold=threshold,
@@ -446,7 +448,8 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
 def embed(ctx: click.Context, run: Path, manifest: Path, out: Path, batch_size: int, workers: int,
           device: str, resume: bool, chunk_size: int, shard: str | None, overwrite: bool) -> None:
     """Embed every face of MANIFEST with the model in RUN (resumable: see --resume)."""
-    _refuse(out, "embeddings", "write elsewhere with -o", overwrite)
+    _refuse(out, "embeddings", "write elsewhere with -o, or --resume to finish it", overwrite,
+            holds=out.exists() and not resume)
     from .embed import embed_to_file, parse_shard, shard_manifest
     from .embedder import Embedder
     from .manifest import Manifest
