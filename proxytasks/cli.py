@@ -908,8 +908,8 @@ def export(ctx: click.Context, manifest: Path, names: Path, out: Path, min_confi
 # --------------------------------------------------------------------------- app
 @cli.command("app")
 @click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
-              help="Port on 127.0.0.1; 0 picks a free one.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0,
+              help="Port to listen on [default: a free one].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (anything but 127.0.0.1 lets other machines in).")
 def app_cmd(folder: Path, port: int, host: str) -> None:
