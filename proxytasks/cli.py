@@ -175,36 +175,60 @@ def import_detections_cmd(table: Path, out: Path, image_template: str | None, ov
 @cli.command()
 @click.argument("media", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Manifest to write.")
-@click.option("--detector", default="mtcnn", show_default=True, help="mtcnn, haar.")
+@click.option("--detector", default="mtcnn", show_default=True, help="mtcnn, haar (see bench/README.md).")
 @click.option("--fps", type=float, default=None, help="Sample videos at this rate (frames/s).")
 @click.option("--stride", type=int, default=None, help="Keep every N-th video frame.")
-@click.option("--min-face", default=20, show_default=True, help="Smallest face side in pixels.")
+@click.option("--min-face", default=20, show_default=True,
+              help="Smallest face side in pixels of the picture the detector sees (see --detect-size).")
 @click.option("--threshold", type=float, default=None, help="Detector score threshold.")
 @click.option("--no-crops", is_flag=True, help="Do not write the face crops cache.")
 @click.option("--margin", default=0.2, show_default=True, help="Crop margin, a fraction of the box.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse the media an earlier (even killed) run finished with the same settings; "
                    "--no-resume redoes them.")
+@click.option("--detect-size", type=click.IntRange(0), default=540, show_default=True,
+              help="The detector sees frames downscaled to this shorter side (0: full resolution); "
+                   "--min-face counts its pixels. Frames and crops stay at full resolution.")
+@click.option("--detect-every", type=click.IntRange(1), default=5, show_default=True,
+              help="Full detection on every N-th kept frame (and at possible shot cuts); faces are "
+                   "followed in between (MTCNN). 1: detect every frame.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Ingest only block I of N of the media (from 0), e.g. as one job of a cluster array; "
+                   "then merge-manifests the N manifests.")
 @_overwrite_option
 @click.pass_context
 def ingest(ctx: click.Context, media: tuple[Path, ...], out: Path, detector: str, fps: float | None,
            stride: int | None, min_face: int, threshold: float | None, no_crops: bool, margin: float,
-           resume: bool, overwrite: bool) -> None:
+           resume: bool, detect_size: int, detect_every: int, shard: str | None, overwrite: bool) -> None:
     """Detect faces in videos and photos (files or folders) and write a manifest with shots."""
     # a rerun with --resume rebuilds the manifest from the records of the media it finished
     _refuse(out, "a manifest", "write elsewhere with -o, or rerun with --resume (the default) to rebuild it from "
             f"the media finished before ({out.name}.parts)", overwrite,
             holds=out.exists() and not (resume and out.with_name(out.name + ".parts").is_dir()))
+    from .embed import parse_shard
     from .ingest import ingest_media
 
+    where = parse_shard(shard) if shard is not None else None
     report = ingest_media(media, out, detector, fps=fps, stride=stride, min_face=min_face, threshold=threshold,
-                          crops=not no_crops, margin=margin, progress=_progress(ctx), resume=resume)
-    click.echo(f"wrote {out}: {report.faces} faces from {len(report.done) + len(report.reused)} media "
+                          crops=not no_crops, margin=margin, progress=_progress(ctx), resume=resume,
+                          detect_size=detect_size, detect_every=detect_every, shard=where)
+    click.echo(f"wrote {out}{f' (shard {shard})' if where else ''}: {report.faces} faces from {len(report.done) + len(report.reused)} media "
                f"({len(report.reused)} reused), {report.frames} frames read at {report.frames_per_second:.1f} frames/s")
     for path, reason in report.skipped.items():
         click.echo(f"  skipped {path}: {reason}")
     for path, message in report.warnings.items():
         click.echo(f"  partly read {path}: {message}")
+
+
+@cli.command("merge-manifests")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Manifest to write.")
+def merge_manifests_cmd(shards: tuple[Path, ...], out: Path) -> None:
+    """Join the SHARDS that `ingest --shard I/N` wrote into the manifest of the whole run."""
+    from .ingest import merge_manifests
+
+    m = merge_manifests(list(shards), out)
+    click.echo(f"wrote {out}: {len(m)} faces from {len(shards)} shards")
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -369,7 +369,7 @@ class MTCNNDetector(Detector):
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         if not len(boxes):
             return Detections.empty(True), np.zeros(0, dtype=bool)
-        arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+        arr = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
         height, width = arr.shape[:2]
         with torch.inference_mode():
             batch = torch.from_numpy(arr).to(self.device).permute(2, 0, 1)[None].float()

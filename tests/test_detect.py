@@ -186,3 +186,27 @@ def test_similarity_transform_recovers_known_warp() -> None:
     np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
     with pytest.raises(ProxytasksError, match="degenerate"):
         similarity_transform(np.ones((5, 2)), ARCFACE_TEMPLATE)
+
+
+def test_mtcnn_follows_faces_into_the_next_frames(mtcnn) -> None:
+    """track(): the O-net alone carries the faces of frame 0 through frames 1-4 (issue 18);
+    each followed box is one the full cascade finds in that frame too."""
+    import itertools
+
+    clip = shared("face_recognition_examples", "examples", "short_hamilton_clip.mp4")
+    frames = [f.image for f in itertools.islice(iter_video(clip), 100, 105)]  # the performer, close
+    boxes = mtcnn.detect(frames[:1])[0].boxes
+    assert len(boxes) >= 1
+    for image in frames[1:]:
+        det, found = mtcnn.track(image, boxes)
+        assert found.all() and len(det) == len(boxes)
+        assert det.landmarks.shape == (len(det), 5, 2)
+        assert_valid(det, image)
+        full = mtcnn.detect([image])[0]
+        for box in det.boxes:
+            assert max(iou(box, b) for b in full.boxes) >= 0.6
+        boxes = det.boxes
+    det, found = mtcnn.track(Image.new("RGB", frames[0].size, (128, 128, 128)), boxes)
+    assert not found.any() and len(det) == 0  # nothing left to follow
+    empty, none = mtcnn.track(frames[0], np.zeros((0, 4), np.float32))
+    assert len(empty) == 0 and none.shape == (0,)
