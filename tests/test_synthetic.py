@@ -198,11 +198,20 @@ def test_real_identities_from_orl(tmp_path):
     assert set(load_truth(tmp_path / "orl")) == {f.id for f in manifest}
     for name, sources in ep["sources"].items():
         assert len(set(sources)) >= 2 and all(Path(s).parent.name == name for s in sources)
-    # a person looks different from one shot to the next: another image opens each shot
+    # a person looks different from one shot to the next: another image opens each shot;
+    # inside a shot (an appearance) the photo stays the same, as the faces of a real track
     opening: dict[str, list[int]] = defaultdict(list)
     for shot in ep["shots"]:
         for name, images in shot["images"].items():
-            assert 1 <= len(images) <= 2 and all(0 <= i < len(ep["sources"][name]) for i in images)
+            assert len(images) == 1 and 0 <= images[0] < len(ep["sources"][name])
             opening[name].append(images[0])
     assert any(len(v) > 1 for v in opening.values())
     assert all(len(set(v)) == len(v) for v in opening.values())
+    assert ep["params"]["switch_rate"] == 0.0
+    # the old episodes (switch_rate) change the photo inside some appearances
+    make_episode(tmp_path / "old", Manifest(faces), n_identities=4, n_shots=6, fps=4.0, seed=5, progress=False,
+                 switch_rate=1.0)
+    switched = [len(images) for shot in _episode(tmp_path / "old")["shots"] for images in shot["images"].values()]
+    assert max(switched) == 2
+    with pytest.raises(ProxytasksError, match="switch_rate"):
+        make_episode(tmp_path / "bad", Manifest(faces), n_identities=4, progress=False, switch_rate=1.5)
