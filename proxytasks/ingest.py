@@ -204,7 +204,7 @@ class _Writer:
             raise error
 
     def faces(self, img: Image.Image, det: "Detections", frame: int | None, t: float | None,
-              image_path: Path | None, scale: float = 1.0) -> list[dict[str, Any]]:
+              image_path: Path | None, scale: float = 1.0, small: Image.Image | None = None) -> list[dict[str, Any]]:
         """Records for the faces of one frame or photo; writes the frame when it has faces.
 
         ``scale``: the detections were made on the picture downscaled by this factor
@@ -240,7 +240,7 @@ class _Writer:
                     rec["landmarks"] = [[round(float(a), 2), round(float(b), 2)] for a, b in marks]
             if self.quality:
                 if colour is None:
-                    colour = has_colour(img)
+                    colour = has_colour(small if small is not None else img)
                 rec["quality"] = face_quality(img, box, rec.get("score"), rec.get("landmarks"), colour)
             if self.crops:
                 path = self.out_dir / "crops" / self.key / f"{fid}.jpg"
@@ -608,7 +608,7 @@ def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, b
 
     def emit(fr, det) -> None:
         scale = fr.detect_image.width / fr.image.width
-        faces.extend(writer.faces(fr.image, det, fr.index, fr.time, None, scale))
+        faces.extend(writer.faces(fr.image, det, fr.index, fr.time, None, scale, fr.small))
 
     def progress(n: int) -> None:
         bar.update(n)
@@ -653,17 +653,21 @@ def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, b
         emit(fr, det)
         progress(1)
 
+    # Following runs torch on one thread for the whole video: its calls are small, FFmpeg's
+    # decoding threads and the JPEG writer take the other core, and switching the thread
+    # count per frame costs more than it gives (tens of ms on a busy machine).
     try:
-        for fr in _frames(frames):
-            hists.append(frame_histogram(fr.detect_image))
-            index.append(fr.index)
-            if follow:
-                moved = 0.5 * float(np.abs(hists[-1] - hists[-2]).sum()) if len(hists) > 1 else 0.0
-                step(fr, moved)
-                continue
-            batch.append(fr)
-            if len(batch) >= batch_size:
-                flush()
+        with _single_thread() if follow else contextlib.nullcontext():
+            for fr in _frames(frames):
+                hists.append(frame_histogram(fr.detect_image))
+                index.append(fr.index)
+                if follow:
+                    moved = 0.5 * float(np.abs(hists[-1] - hists[-2]).sum()) if len(hists) > 1 else 0.0
+                    step(fr, moved)
+                    continue
+                batch.append(fr)
+                if len(batch) >= batch_size:
+                    flush()
     except _BadMedia as e:
         if not index:
             raise
