@@ -760,7 +760,9 @@ def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold
                    "when RUN/features.npz does not hold the faces of EMB).")
 @click.option("--clusters", type=click.Path(path_type=Path), default=None, help="Carry names along these clusters.")
 @click.option("--head", type=click.Choice(["linear", "prototype"]), default="linear", show_default=True)
-@click.option("--unknown-threshold", type=float, default=None, help="Below this confidence a face is unknown.")
+@click.option("--unknown-threshold", default="auto", show_default=True,
+              help="Cosine similarity between a track and the nearest name's faces below which the track is "
+                   "unknown: 'auto' calibrates it on the named faces (leave-one-out), 'none' never rejects.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--strategy", default="sequential", show_default=True,
               help="independent (naming on the frozen pretrained trunk features), sequential (on the proxy "
@@ -774,13 +776,14 @@ def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold
 @_overwrite_option
 @click.pass_context
 def name(ctx: click.Context, run: Path, emb: Path, labels: tuple[Path, ...], out: Path, manifest: Path | None,
-         clusters: Path | None, head: str, unknown_threshold: float | None, seed: int, strategy: str,
+         clusters: Path | None, head: str, unknown_threshold: str, seed: int, strategy: str,
          pairs_path: Path | None, steps: int | None, time_budget: float | None, overwrite: bool) -> None:
     """Name every face from a few names over the embedding of RUN.
 
     LABELS: one file per naming round, in order (CSV or JSONL: id,name / cluster,name /
     id,not_name / id,id2,answer, or a filled suggestion sheet). Later rounds win; a name
-    a person removed from a face never comes back to it.
+    a person removed from a face never comes back to it. With --manifest, two faces of
+    one frame (and so two tracks that meet) never get the same name.
     """
     _refuse(out, "names", "write elsewhere with -o", overwrite)
     from .cluster import read_clusters
@@ -797,6 +800,7 @@ def name(ctx: click.Context, run: Path, emb: Path, labels: tuple[Path, ...], out
             "model_sha256" in e.meta and saved.get("model_sha256") != e.meta["model_sha256"])):
         raise ProxytasksError(f"{emb} was not embedded with the model of {run}")
     tracks = _tracks_of(manifest, emb, e.ids) if manifest is not None else None
+    cannot = _frame_links(manifest) if manifest is not None else None
     groups = read_clusters(clusters, e.ids) if clusters is not None else None
     ann = read_annotations(labels, e.ids, groups)
     if not ann.named:
@@ -806,11 +810,15 @@ def name(ctx: click.Context, run: Path, emb: Path, labels: tuple[Path, ...], out
     cfg = GlobalConfig(steps=200 if steps is None and time_budget is None else steps, time_budget=time_budget,
                        seed=seed)
     result, info = name_with_strategy(strategy, run, e, ann, images, ps, cfg, _progress(ctx), tracks=tracks,
-                                      clusters=groups, unknown_threshold=unknown_threshold, head=head, seed=seed)
+                                      clusters=groups, unknown_threshold=unknown_threshold, head=head, seed=seed,
+                                      cannot_links=cannot)
     write_names(out, e.ids, result)
     named = sum(n is not None for n in result.names)
     click.echo(f"wrote {out}: {named} of {len(e.ids)} faces named, {len(set(result.names) - {None})} names "
                f"(strategy {strategy})")
+    tau = result.info.get("unknown_threshold")
+    click.echo(f"  unknown threshold: {'none' if tau is None else f'{tau:.4f}'}"
+               + (f" ({result.info['calibration']['rule']})" if "calibration" in result.info else ""))
     if "fine_tune" in info:
         t = info["fine_tune"]
         click.echo(f"  joint fine-tuning: {t['steps']} steps in {t['seconds']:.1f} s ({t['stopped']}), "
@@ -825,6 +833,15 @@ def _nothing_named(labels: tuple[Path, ...]) -> str:
             f"'name' column of {labels[0]} (and 'answer', same or different, for the 'same person?' rows), "
             f"or name the people in the app: proxytasks app {folder}; then run this again (after the app: "
             f"with {folder / 'app' / 'labels.csv'} as the labels)")
+
+
+def _frame_links(manifest: Path):
+    """Face pairs of MANIFEST that share a frame or a photo: two people."""
+    from .assign import frame_cannot_links
+    from .manifest import Manifest
+
+    m = Manifest.read(manifest, check_files=False)
+    return frame_cannot_links([f.media for f in m.faces], [f.frame for f in m.faces])
 
 
 def _tracks_of(manifest: Path, emb: Path, ids: list[str]):

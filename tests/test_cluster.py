@@ -1,4 +1,4 @@
-"""cluster_faces on Gaussian blobs with track must-links and same-frame cannot-links."""
+"""cluster_faces on Gaussian blobs and scenes, with track must-links and same-frame cannot-links."""
 from __future__ import annotations
 
 import logging
@@ -82,10 +82,11 @@ def test_constraints_are_honoured(spread):
     assert (labels[cannot[:, 0]] != labels[cannot[:, 1]]).all()
     assert bcubed_f1(labels, truth) >= 0.85  # a few untracked faces stay apart: the rule errs on splitting
     info = result.info
-    assert info["threshold_rule"] == "cannot-link-violations"
+    assert info["threshold_rule"] == "cannot-link-violations" and info["linkage"] == "average"
     assert info["components_after_must_links"] == len(x) - sum(
         np.sum(groups == g) - 1 for g in np.unique(groups[groups >= 0]))
-    assert info["heldout_violations"] <= info["heldout_allowed"]
+    assert info["heldout_links"] == info["cannot_linked_component_pairs"]  # all watched by default
+    assert info["window"] >= 10 and info["violating_merges"] <= info["calibration_merges"]
     assert info["must_link_conflicts"] == 0
 
 
@@ -115,37 +116,102 @@ def test_cannot_links_keep_close_blobs_apart():
     assert bcubed_f1(auto.labels, truth) >= 0.9
 
 
-def test_threshold_from_held_out_links_alone():
+@pytest.mark.parametrize("linkage", ["single", "average"])
+def test_threshold_from_held_out_links_alone(linkage):
     """All links held out (none enforced while calibrating): the threshold alone separates."""
     x, truth = blobs(centers=close_centers(0.5, seed=1), per=50, spread=0.4, seed=1)
     cannot = np.stack([np.arange(0, 20), np.arange(50, 70)], axis=1)  # blob 0 vs blob 1 only
-    result = cluster_faces(x, cannot_links=cannot, k=50, holdout=1.0, max_violation=0.0, seed=0)
+    result = cluster_faces(x, cannot_links=cannot, k=50, holdout=1.0, max_violation=0.0, seed=0, linkage=linkage)
     assert result.info["heldout_links"] == 20 and result.info["heldout_violations"] == 0
-    plain = cluster_faces(x, k=50, threshold=result.threshold)  # same threshold, no links
+    plain = cluster_faces(x, k=50, threshold=result.threshold, linkage=linkage)  # same threshold, no links
     assert plain.n_clusters == 3 and bcubed_f1(plain.labels, truth) == 1.0
-    looser = cluster_faces(x, k=50, threshold=result.threshold - 0.05)
-    assert looser.labels[0] == looser.labels[50]  # a bit lower and blobs 0 and 1 merge
+    # a bit below the similarity that joins blobs 0 and 1 and they merge
+    joins = 0.05 if linkage == "single" else result.threshold - float((x[:50] @ x[50:100].T).mean()) + 0.01
+    looser = cluster_faces(x, k=50, threshold=result.threshold - joins, linkage=linkage)
+    assert looser.labels[0] == looser.labels[50]
 
 
 def test_threshold_rule_ignores_monotone_rescaling():
-    """Training that pushes pairs apart keeps their order: the same clusters come out."""
+    """Single linkage: training that pushes pairs apart keeps their order, so the same
+    clusters come out; average linkage reads the vectors, not the graph's similarities."""
     x, truth = blobs(centers=close_centers(0.5, n=4, seed=2), per=50, spread=0.4, seed=2)
     groups, _ = tracks_and_frames(truth, seed=2)
     cannot = np.stack([np.arange(0, 50, 2), np.arange(50, 100, 2)], axis=1)
     sims, idx = knn_graph(x, 50)
     stretch = lambda s: np.sign(s) * np.abs(s) ** 3 - 0.5  # noqa: E731 - increasing on [-1, 1]
-    base = cluster_faces(x, groups, cannot, knn=(sims, idx), holdout=1.0, seed=0)
+    base = cluster_faces(x, groups, cannot, knn=(sims, idx), holdout=1.0, seed=0, linkage="single")
     pushed = cluster_faces(x, groups, cannot, knn=(stretch(sims), idx), holdout=1.0,
-                           seed=0)
+                           seed=0, linkage="single")
     assert base.threshold > sims.min() + 0.1  # the held-out links stopped the sweep
     np.testing.assert_array_equal(base.labels, pushed.labels)
     assert (sims >= base.threshold).sum() == (stretch(sims) >= pushed.threshold).sum()
     assert base.info["heldout_violations"] == pushed.info["heldout_violations"]
     assert bcubed_f1(base.labels, truth) >= 0.9
     median_rule = float(np.median(np.sum(x[cannot[:, 0]] * x[cannot[:, 1]], axis=1)))
-    merged = cluster_faces(x, groups, knn=(sims, idx), threshold=median_rule)
+    merged = cluster_faces(x, groups, knn=(sims, idx), threshold=median_rule, linkage="single")
     assert merged.labels[0] == merged.labels[50]  # the median of cannot-links merges blobs 0, 1
     assert base.labels[0] != base.labels[50]
+    avg = [cluster_faces(x, groups, cannot, knn=(s, idx), seed=0) for s in (sims, stretch(sims))]
+    np.testing.assert_array_equal(avg[0].labels, avg[1].labels)
+    assert avg[0].threshold == avg[1].threshold and avg[0].labels[0] != avg[0].labels[50]
+    assert bcubed_f1(avg[0].labels, truth) >= 0.9
+
+
+def scenes(n_people: int = 8, n_shots: int = 60, per_shot: int = 3, track_len: int = 4, dim: int = 32,
+           light: float = 0.8, track_noise: float = 0.5, face_noise: float = 0.2,
+           seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """TV-like faces: shots of ``per_shot`` people, one track each; a shot's lighting (norm
+    ``light``) is shared by everyone in it, so people of one shot look alike. Returns
+    (vectors, truth, track per face, one cannot-link per pair of tracks of one shot)."""
+    rng = np.random.default_rng(seed)
+    noise = lambda scale: scale * rng.standard_normal(dim) / np.sqrt(dim)  # noqa: E731
+    centres = rng.standard_normal((n_people, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x, truth, cannot = [], [], []
+    for _ in range(n_shots):
+        lighting, firsts = noise(light), []
+        for p in rng.choice(n_people, per_shot, replace=False):
+            base = centres[p] + lighting + noise(track_noise)
+            firsts.append(len(x))
+            for _ in range(track_len):
+                v = base + noise(face_noise)
+                x.append(v / np.linalg.norm(v))
+                truth.append(p)
+        cannot += [(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:]]
+    return np.array(x, np.float32), np.array(truth), np.arange(len(x)) // track_len, np.array(cannot, np.int64)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_track_average_linkage_finds_the_people(seed):
+    """Known answer: 8 people in 60 shots whose lighting makes co-occurring people look
+    alike. Single linkage chains through look-alike tracks, so its threshold stops early
+    and the people fall apart; average linkage over tracks finds the 8 people."""
+    x, truth, groups, cannot = scenes(seed=seed)
+    single = cluster_faces(x, groups, cannot, seed=0, linkage="single")
+    average = cluster_faces(x, groups, cannot, seed=0)
+    assert average.info["linkage"] == "average"
+    assert average.n_clusters == 8 and bcubed_f1(average.labels, truth) == 1.0
+    assert single.n_clusters > 1.5 * 8 and bcubed_f1(single.labels, truth) < 0.97
+    assert (average.labels[cannot[:, 0]] != average.labels[cannot[:, 1]]).all()
+
+
+def test_threshold_from_the_constraints_only():
+    """Two look-alike people (blobs 0 and 1) are told apart only where cannot-links say so:
+    the threshold follows the links given, and nothing else (no identity is read)."""
+    x, truth = blobs(centers=close_centers(0.6, n=4, seed=3), per=40, spread=0.4, seed=3)
+    groups = np.arange(len(x)) // 4
+    pairs = lambda a, b: np.stack([np.arange(a, a + 40, 4), np.arange(b, b + 40, 4)], 1)  # noqa: E731
+    apart = cluster_faces(x, groups, np.concatenate([pairs(0, 40), pairs(80, 120)]), seed=0)
+    assert apart.labels[0] != apart.labels[40] and apart.n_clusters == 4
+    elsewhere = cluster_faces(x, groups, pairs(80, 120), seed=0)  # nothing about blobs 0 and 1
+    assert elsewhere.labels[0] == elsewhere.labels[40]
+    assert elsewhere.threshold < apart.threshold
+    with pytest.raises(ProxytasksError, match="linkage"):
+        cluster_faces(x, groups, linkage="complete")
+    with pytest.raises(ProxytasksError, match="vectors"):
+        cluster_faces(None, knn=knn_graph(x, 5))
+    with pytest.raises(ProxytasksError, match="max_violating_share"):
+        cluster_faces(x, groups, pairs(0, 40), max_violating_share=1.5)
 
 
 def test_deterministic_with_seed():

@@ -27,9 +27,11 @@ def blobs(seed: int, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(seed: int, k: int, **kwargs) -> tuple[float, NamingResult, np.ndarray, np.ndarray]:
-    """Accuracy over the faces not given, the result, the names and the drawn indices."""
+    """Accuracy over the faces not given, the result, the names and the drawn indices
+    (every identity named: a closed set, so by default no face is rejected here)."""
     x, names = blobs(seed)
     drawn = few_shot_draw(names, k, np.random.default_rng(seed))
+    kwargs.setdefault("unknown_threshold", None)
     result = name_faces(x, {int(i): str(names[i]) for i in drawn}, seed=seed, **kwargs)
     rest = np.setdiff1d(np.arange(len(x)), drawn)
     acc = naming_accuracy(names[rest], np.array(result.names, dtype=object)[rest])
@@ -85,7 +87,7 @@ def test_untracked_faces_use_the_classifier():
     x, names = blobs(0)
     tracks = np.full(len(x), -1)
     tracks[:5] = 7
-    result = name_faces(x, {0: "p0", 30: "p1"}, tracks=tracks, head="prototype")
+    result = name_faces(x, {0: "p0", 30: "p1"}, tracks=tracks, head="prototype", unknown_threshold=None)
     assert result.source[:5] == ["given"] + ["track"] * 4
     assert set(result.source[5:]) - {"given"} == {"classifier"}
     assert result.names[1:5] == ["p0"] * 4
@@ -105,8 +107,8 @@ def test_impure_cluster_with_two_given_names_stays_silent():
     ident = np.repeat(np.arange(N_ID), PER)
     clusters = np.where(ident == 1, 0, ident)
     named = {int(i): str(names[i]) for i in range(0, len(x), PER)}
-    plain = name_faces(x, named, head="prototype")
-    mixed = name_faces(x, named, clusters=clusters, head="prototype")
+    plain = name_faces(x, named, head="prototype", unknown_threshold=None)
+    mixed = name_faces(x, named, clusters=clusters, head="prototype", unknown_threshold=None)
     in_mixed = np.flatnonzero(clusters == 0)
     assert [mixed.names[i] for i in in_mixed] == [plain.names[i] for i in in_mixed]
     assert "cluster" not in {mixed.source[i] for i in in_mixed}
@@ -122,8 +124,8 @@ def test_cluster_majority_speaks_but_a_given_minority_name_stays():
     named = {int(i): str(names[i]) for c in range(N_ID) for i in np.flatnonzero(ident == c)[:5]}
     named = {i: n for i, n in named.items() if i not in set(minority[1:].tolist())}
     assert named[int(minority[0])] == "p1"
-    plain = name_faces(x, named, head="prototype")
-    result = name_faces(x, named, clusters=clusters, head="prototype")
+    plain = name_faces(x, named, head="prototype", unknown_threshold=None)
+    result = name_faces(x, named, clusters=clusters, head="prototype", unknown_threshold=None)
     assert result.names[minority[0]] == "p1" and result.source[minority[0]] == "given"
     p0 = np.flatnonzero(ident == 0)
     # the majority's name reaches more of p0's faces than the classifier alone (28 vs 23)
@@ -132,17 +134,117 @@ def test_cluster_majority_speaks_but_a_given_minority_name_stays():
     # a track holding the given p1 face protects its other faces from the majority
     tracks = np.full(len(x), -1)
     tracks[minority] = 0
-    result = name_faces(x, named, tracks=tracks, clusters=clusters, head="prototype")
+    result = name_faces(x, named, tracks=tracks, clusters=clusters, head="prototype", unknown_threshold=None)
     assert [result.names[i] for i in minority] == ["p1"] * 4
 
 
 def test_unknown_threshold():
+    """A given threshold is a cosine similarity: units below it lean to "unknown"."""
     acc, result, names, drawn = run(0, 1, unknown_threshold=0.99)
     unknown = [i for i, n in enumerate(result.names) if n is None]
-    assert unknown and all(result.source[i] == "unknown" for i in unknown)
-    assert all(result.confidence[i] < 0.99 for i in unknown)
+    assert len(unknown) == len(names) - len(drawn)  # nobody is that close to a named face
+    assert all(result.source[i] == "unknown" for i in unknown)
     assert all(result.names[i] is not None for i in drawn)
-    assert None not in run(0, 1)[1].names  # default: never unknown
+    assert result.info["unknown_threshold"] == 0.99
+    assert None not in run(0, 1)[1].names  # None: never unknown
+    assert None not in run(0, 1, unknown_threshold=-1.0)[1].names
+    for bad in ("often", 1.5, "2"):
+        with pytest.raises(ProxytasksError, match="unknown threshold"):
+            run(0, 1, unknown_threshold=bad)
+
+
+def open_set(seed: int, noise: float = 0.15) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """Blobs in tracks of 5 faces; p0-p5 named on one face in each of 3 tracks, p6-p9 never."""
+    x, names = blobs(seed, noise=noise)
+    tracks = np.arange(len(x)) // 5
+    named = {int(i): str(names[i]) for p in range(6) for i in np.flatnonzero(names == f"p{p}")[[0, 10, 20]]}
+    return x, names, tracks, named
+
+
+def test_unknown_threshold_calibrated_by_leave_one_out():
+    """By default a person never named is not forced onto a known name."""
+    x, names, tracks, named = open_set(0)
+    result = name_faces(x, named, tracks=tracks, head="prototype")
+    info = result.info["calibration"]
+    assert info["rule"] == "leave-one-out" and info["known_samples"] == 18 == info["never_named_samples"]
+    assert -1 < result.info["unknown_threshold"] < 1
+    pred = np.array(result.names, dtype=object)
+    never = np.isin(names, [f"p{p}" for p in range(6, 10)])
+    assert np.mean([p is None for p in pred[never]]) >= 0.9
+    known = ~never & ~np.isin(np.arange(len(x)), list(named))
+    assert np.mean(pred[known] == names[known]) >= 0.9
+    forced = name_faces(x, named, tracks=tracks, head="prototype", unknown_threshold=None)
+    assert None not in forced.names  # the old behaviour: every face gets a known name
+
+
+def test_unknown_threshold_not_calibrated_from_one_track_a_name(caplog):
+    x, names, tracks, _ = open_set(1)
+    named = {int(np.flatnonzero(names == f"p{p}")[0]): f"p{p}" for p in range(6)}
+    with caplog.at_level("WARNING", logger="proxytasks.assign"):
+        result = name_faces(x, named, tracks=tracks, head="prototype")
+    assert "cannot be calibrated" in caplog.text
+    assert result.info["unknown_threshold"] is None and None not in result.names
+
+
+def frame_case() -> tuple[np.ndarray, dict[int, str], np.ndarray]:
+    """p0 and p1 named; faces 2 and 3 share a frame and both look most like p0 (face 2 more)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, DIM))
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    x = np.stack([a, b, 0.9 * a + 0.1 * b, 0.6 * a + 0.4 * b])
+    return x / np.linalg.norm(x, axis=1, keepdims=True), {0: "p0", 1: "p1"}, np.array([[2, 3]])
+
+
+def test_cannot_linked_faces_never_share_a_name():
+    x, named, cannot = frame_case()
+    free = name_faces(x, named, head="prototype", unknown_threshold=None)
+    assert free.names[2] == free.names[3] == "p0"  # the argmax names both p0
+    result = name_faces(x, named, head="prototype", unknown_threshold=None, cannot_links=cannot)
+    assert result.names[2:] == ["p0", "p1"]  # the joint best: the closer face keeps p0
+    assert result.info["components_hungarian"] == 1 and result.info["units_moved"] == 1
+    assert result.confidence[3] < free.confidence[3]
+    # both order of the pair and tracks: units that meet in a frame are two people
+    tracks = np.array([-1, -1, 0, 1])
+    x2 = np.concatenate([x, x[2:]])
+    tracks2 = np.r_[tracks, 0, 1]
+    result = name_faces(x2, named, tracks=tracks2, head="prototype", unknown_threshold=None,
+                        cannot_links=np.array([[3, 2]]))
+    assert result.names[2] == result.names[4] == "p0" and result.names[3] == result.names[5] == "p1"
+
+
+def test_cannot_link_to_a_named_face_bars_its_name():
+    x, named, _ = frame_case()
+    named = {0: "p0", 1: "p1", 3: "p0"}  # a person named face 3 p0: face 2 in its frame cannot be p0
+    result = name_faces(x, named, head="prototype", unknown_threshold=None, cannot_links=np.array([[2, 3]]))
+    assert result.names[3] == "p0" and result.source[3] == "given"
+    assert result.names[2] == "p1"
+
+
+def test_frame_larger_than_the_names_leaves_some_unknown():
+    """Three faces of one frame, two names: one face has to stay unknown."""
+    x, named, _ = frame_case()
+    x = np.concatenate([x, x[2:3]])
+    cannot = np.array([[2, 3], [2, 4], [3, 4]])
+    result = name_faces(x, named, head="prototype", unknown_threshold=None, cannot_links=cannot)
+    assert sorted(map(str, result.names[2:])) == ["None", "p0", "p1"]
+    assert result.source[result.names.index(None)] == "unknown"
+
+
+def test_chain_of_frames_solved_greedily():
+    """Frames (2,3) and (3,4): not a clique, every pair still apart."""
+    x, named, _ = frame_case()
+    x = np.concatenate([x, x[2:3]])
+    cannot = np.array([[2, 3], [3, 4]])
+    result = name_faces(x, named, head="prototype", unknown_threshold=None, cannot_links=cannot)
+    assert result.info["components_greedy"] == 1
+    assert result.names[2] == result.names[4] == "p0" and result.names[3] == "p1"
+
+
+def test_cannot_links_checked():
+    x, named, _ = frame_case()
+    for bad, what in (([[0, 9]], "not a pair"), ([[1, 1]], "not a pair"), ([[0.5, 1]], "integer")):
+        with pytest.raises(ProxytasksError, match=what):
+            name_faces(x, named, cannot_links=np.array(bad))
 
 
 def test_deterministic_with_seed():
