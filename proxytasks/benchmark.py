@@ -39,11 +39,15 @@ PROTOCOL = "track-disjoint"
 Namer = Callable[[dict[int, str], int], Sequence[str | None]]  # (named faces, seed) -> a name per face
 
 
-def toolkit_namer(vectors: np.ndarray, groups: np.ndarray, clusters: np.ndarray) -> Namer:
-    """The toolkit's own naming over ``vectors``: names carried along tracks and clusters."""
+def toolkit_namer(vectors: np.ndarray, groups: np.ndarray, clusters: np.ndarray,
+                  cannot: np.ndarray | None = None) -> Namer:
+    """The toolkit's own naming over ``vectors``: names carried along tracks and clusters, never
+    one name for two cannot-linked faces. Closed set: every scored person has named faces, so
+    no face is rejected as unknown."""
     from .naming import name_faces
 
-    return lambda named, seed: name_faces(vectors, named, tracks=groups, clusters=clusters, seed=seed).names
+    return lambda named, seed: name_faces(vectors, named, tracks=groups, clusters=clusters, seed=seed,
+                                          cannot_links=cannot, unknown_threshold=None).names
 
 
 def identities(manifest: Manifest) -> np.ndarray:
@@ -278,8 +282,8 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     for name, x in vectors.items():
         t0 = time.perf_counter()
         clusters[name] = cluster_faces(x, groups=groups, cannot_links=cannot, seed=seed).labels
-        methods[name] = evaluate_method(x, manifest, clusters[name], toolkit_namer(x, groups, clusters[name]),
-                                        shots, repeats, seed, groups=groups)
+        namer = toolkit_namer(x, groups, clusters[name], cannot)
+        methods[name] = evaluate_method(x, manifest, clusters[name], namer, shots, repeats, seed, groups=groups)
         logger.info("evaluated %s in %.1f s", name, time.perf_counter() - t0)
     variants = {}
     if "face_recognition" in peers:

@@ -53,8 +53,9 @@ def test_benchmark_on_synthetic_episode(small_episode, tmp_path):
     assert m["dataset"]["identities"] == 4 and m["train"]["pairs"] > 0
     pretrained, proxy = m["methods"]["pretrained"], m["methods"]["proxy"]
     # 4 drawn people a few shots apart: names carry along tracks and clusters; training on
-    # the rule pairs separates them better than the bare backbone (0.97 vs 0.82 when written)
-    assert pretrained["naming"]["1"] >= 0.9 and proxy["naming"]["5"] >= 0.9
+    # the rule pairs separates them better than the bare backbone (AUC 0.97 vs 0.82, naming at
+    # 1 shot 1.0 vs 0.75 when written)
+    assert pretrained["naming"]["5"] >= 0.9 and proxy["naming"]["1"] >= 0.9
     assert proxy["verification"]["roc_auc"] > pretrained["verification"]["roc_auc"] + 0.05
 
 
