@@ -812,6 +812,11 @@ def name(ctx: click.Context, run: Path, emb: Path, labels: tuple[Path, ...], out
     result, info = name_with_strategy(strategy, run, e, ann, images, ps, cfg, _progress(ctx), tracks=tracks,
                                       clusters=groups, unknown_threshold=unknown_threshold, head=head, seed=seed,
                                       cannot_links=cannot)
+    if manifest is not None:
+        from .naming import unname_marked
+        from .rules import low_quality_mask
+
+        result = unname_marked(result, low_quality_mask(Manifest.read(manifest, check_files=False)), ann.named)
     write_names(out, e.ids, result)
     named = sum(n is not None for n in result.names)
     click.echo(f"wrote {out}: {named} of {len(e.ids)} faces named, {len(set(result.names) - {None})} names "

@@ -493,6 +493,18 @@ class Annotations:
         (self.different if same else self.same).discard(key)
 
 
+def unname_marked(result: NamingResult, marked: np.ndarray | None, named: dict[int, str]) -> NamingResult:
+    """Faces ``marked`` as low quality (:mod:`proxytasks.quality`: the back of a head, a hand)
+    are named "unknown" (None, confidence 0, source ``low-quality``) unless a person named
+    them: no name reaches them along a track or a cluster."""
+    if marked is None or not np.any(marked):
+        return result
+    for i in np.flatnonzero(np.asarray(marked, dtype=bool)):
+        if int(i) not in named:
+            result.names[i], result.confidence[i], result.source[i] = None, 0.0, "low-quality"
+    return result
+
+
 def name_from_annotations(vectors: np.ndarray, ann: "Annotations", **options) -> NamingResult:
     """:func:`name_faces` from what a person said: their names, the names they removed
     from faces, their "same person" answers, and their "different people" answers (which

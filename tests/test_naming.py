@@ -321,3 +321,20 @@ def test_write_names_round_trip(tmp_path: Path):
     # the written names read back as labels once the unknown is left out
     path.write_text("".join(line for line in path.read_text().splitlines(True) if ",," not in line))
     assert read_labels(path, IDS) == {0: "Ann", 2: "Bob, Jr.", 3: "Ann"}
+
+
+def test_low_quality_faces_stay_unknown_unless_named():
+    """A face marked low quality (the back of a head) gets no name along its track or cluster,
+    but keeps a name a person gave it."""
+    from proxytasks.naming import name_faces, unname_marked
+
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.99, 0.1], [0.0, 1.0]], dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    named = {0: "ann", 3: "bob"}
+    result = name_faces(x, named, tracks=np.array([0, 0, 0, 1]), unknown_threshold=None)
+    assert result.names[1] == result.names[2] == "ann"
+    marked = np.array([False, True, False, True])
+    out = unname_marked(result, marked, named)
+    assert out.names == ["ann", None, "ann", "bob"]
+    assert out.source[1] == "low-quality" and out.confidence[1] == 0.0
+    assert unname_marked(out, None, named) is out
