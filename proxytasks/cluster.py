@@ -310,9 +310,7 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
     rule = "given"
     if threshold is None:
         if len(root_pairs) == 0:
-            threshold, rule = _fallback_threshold(sims), "nearest-neighbour-mad"
-            logger.warning("no cannot-links: threshold %.4f from the nearest-neighbour similarity "
-                           "distribution (median - %g MAD), a heuristic", threshold, MAD_WIDTH)
+            threshold, rule = _no_links_threshold(sims)
         else:
             if not 0.0 < holdout <= 1.0:
                 raise ProxytasksError(f"holdout must be in (0, 1], got {holdout}")
@@ -335,6 +333,14 @@ def cluster_faces(vectors: Any, groups: np.ndarray | None = None,
                  "seconds": round(time.perf_counter() - start, 3)})
     logger.info("%d faces -> %d clusters at threshold %.4f (%s)", n, len(first), threshold, rule)
     return ClusterResult(labels=labels, threshold=threshold, info=info)
+
+
+def _no_links_threshold(sims: np.ndarray) -> tuple[float, str]:
+    """Without cannot-links: a threshold from the nearest-neighbour similarities (a heuristic, said so)."""
+    threshold = _fallback_threshold(sims)
+    logger.warning("no cannot-links: threshold %.4f from the nearest-neighbour similarity "
+                   "distribution (median - %g MAD), a heuristic", threshold, MAD_WIDTH)
+    return threshold, "nearest-neighbour-mad"
 
 
 def _node_vectors(vectors: Any, parent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -363,9 +369,7 @@ def _cluster_average(nodes: tuple[np.ndarray, np.ndarray, np.ndarray], root_pair
     rule = "given"
     if threshold is None:
         if len(cannot_nodes) == 0:
-            threshold, rule = _fallback_threshold(sims), "nearest-neighbour-mad"
-            logger.warning("no cannot-links: threshold %.4f from the nearest-neighbour similarity "
-                           "distribution (median - %g MAD), a heuristic", threshold, MAD_WIDTH)
+            threshold, rule = _no_links_threshold(sims)
         else:
             if not 0.0 < holdout <= 1.0:
                 raise ProxytasksError(f"holdout must be in (0, 1], got {holdout}")

@@ -495,13 +495,13 @@ class Annotations:
 
 def unname_marked(result: NamingResult, marked: np.ndarray | None, named: dict[int, str]) -> NamingResult:
     """Faces ``marked`` as low quality (:mod:`proxytasks.quality`: the back of a head, a hand)
-    are named "unknown" (None, confidence 0, source ``low-quality``) unless a person named
-    them: no name reaches them along a track or a cluster."""
+    are named "unknown" (None, confidence 0, source ``unknown``) unless a person named them:
+    no name reaches them along a track or a cluster."""
     if marked is None or not np.any(marked):
         return result
     for i in np.flatnonzero(np.asarray(marked, dtype=bool)):
         if int(i) not in named:
-            result.names[i], result.confidence[i], result.source[i] = None, 0.0, "low-quality"
+            result.names[i], result.confidence[i], result.source[i] = None, 0.0, "unknown"
     return result
 
 

@@ -336,5 +336,5 @@ def test_low_quality_faces_stay_unknown_unless_named():
     marked = np.array([False, True, False, True])
     out = unname_marked(result, marked, named)
     assert out.names == ["ann", None, "ann", "bob"]
-    assert out.source[1] == "low-quality" and out.confidence[1] == 0.0
+    assert out.source[1] == "unknown" and out.confidence[1] == 0.0
     assert unname_marked(out, None, named) is out
