@@ -7,6 +7,9 @@ them: under ``CI=true`` a test that cannot find them fails instead of skipping
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,17 @@ def bbt_margin(tmp_path_factory):
     out = tmp_path_factory.mktemp("bbt_margin")
     boxes = bbt_boxes(root, out / "boxes")
     return boxes, crops_with_margin(boxes, out / "crops", margin=0.5)
+
+
+def start_app(folder: Path) -> tuple[subprocess.Popen, str]:
+    """``proxytasks app DIR --port 0`` as a person starts it; returns (process, base URL without
+    the trailing slash) once the server has printed its address."""
+    proc = subprocess.Popen([sys.executable, "-m", "proxytasks", "-q", "app", str(folder), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = ""
+    while not (m := re.search(r"http://127\.0\.0\.1:\d+", seen)):
+        line = proc.stdout.readline()
+        assert line, seen
+        seen += line
+    return proc, m.group(0)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,6 +27,7 @@ from proxytasks.cluster import write_clusters  # noqa: E402
 from proxytasks.embed import Embeddings  # noqa: E402
 from proxytasks.manifest import Manifest  # noqa: E402
 from proxytasks.naming import read_annotations  # noqa: E402
+from .conftest import start_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -261,18 +260,10 @@ def test_concurrent_posts_from_two_tabs_and_two_servers(folder):
 
 
 def test_a_killed_server_loses_no_earlier_action(folder):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ids = [f.id for f in Workspace(folder).manifest.faces]
 
     def start() -> tuple[subprocess.Popen, str]:
-        proc = subprocess.Popen([sys.executable, "-m", "proxytasks", "-q", "app", str(folder), "--port", "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
-        seen = ""
-        while not (m := re.search(r"http://127\.0\.0\.1:\d+", seen)):
-            line = proc.stdout.readline()
-            assert line, seen
-            seen += line
-        return proc, m.group(0)
+        return start_app(folder)
 
     proc, url = start()
     acknowledged = []

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from click.testing import CliRunner
 
 from proxytasks.cli import cli
 
-from .conftest import shared, unavailable
+from .conftest import shared, start_app, unavailable
 from .test_app import app_template, call, serving  # noqa: F401 (a fixture and helpers shared with the API tests)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,15 +76,8 @@ def clip_copy(clip_folder, tmp_path) -> Path:
 
 def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
     """``proxytasks app DIR --port 0`` as a person starts it; returns (process, URL)."""
-    proc = subprocess.Popen([sys.executable, "-m", "proxytasks", "-q", "app", str(folder), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    seen = ""
-    while not (m := re.search(r"http://127\.0\.0\.1:\d+/", seen)):
-        line = proc.stdout.readline()
-        assert line, seen
-        seen += line
-    return proc, m.group(0)
+    proc, url = start_app(folder)
+    return proc, url + "/"
 
 
 def launch(pw, path: str):
