@@ -15,6 +15,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+# Under pytest-xdist (`make test`: two workers on two cores) each worker, and every subprocess
+# it starts, runs torch, numpy's BLAS and faiss on one thread: two workers of two threads each
+# would fight over the cores. Set before any test module imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 SHARED_DATA = Path(os.environ.get("PROXYTASKS_SHARED_DATA",
                                   Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")

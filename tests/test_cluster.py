@@ -250,6 +250,7 @@ def test_given_threshold_and_bad_input():
         cluster_faces(x, cannot_links=np.array([[0, 19]]), holdout=0.0)
 
 
+@pytest.mark.slow
 def test_fifty_thousand_faces():
     """50k faces cluster right (their speed is measured against HDBSCAN in bench/cluster_peer.py,
     not asserted here: a timed unit test fails on a loaded machine)."""

@@ -89,6 +89,7 @@ def _same_up_to_noise(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     assert d.max() <= 1e-4 and (d > 1e-6).float().mean() < 0.01, (what, d.max().item())
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_the_same_model_as_one(tmp_path, small_episode):
     """2 processes (gloo): trunk features by blocks of faces (the seeded augmented view
     follows the face) equal one process's up to float16 rounding; on the same features,

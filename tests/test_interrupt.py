@@ -37,6 +37,8 @@ from proxytasks.embed import Embeddings
 from proxytasks.embedder import Embedder
 from proxytasks.manifest import Manifest
 
+pytestmark = pytest.mark.slow  # SIGKILL cycles: minutes of subprocesses
+
 SEEDS = (0, 1, 2)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TEMP = re.compile(r"^\..+\.tmp$")  # proxytasks.fileio.atomic_write's temporary files
