@@ -10,13 +10,17 @@ variables as ``{name}``::
       - synth: {out: "{out}/episode", seed: 0}
       - track: {manifest: "{out}/episode/manifest.jsonl", out: "{out}/tracked.jsonl"}
 
-The resolved recipe is saved as ``recipe.yaml`` in the folder named by ``out``.
+The resolved recipe is saved as ``recipe.yaml`` in the folder named by ``out``, and each
+step's wall and CPU seconds are appended to ``recipe_log.jsonl`` there as it finishes. A
+finished run says last where its named dataset, benchmark and report are, and what to open.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +29,11 @@ import yaml
 
 from .errors import ProxytasksError
 from .fileio import atomic_write
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -165,22 +174,78 @@ def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = 
         out = Path(str(recipe["out"]))
         with atomic_write(out / "recipe.yaml") as fh:
             yaml.safe_dump(recipe, fh, sort_keys=False)
+    began_all, times = time.perf_counter(), []
+    if "out" in recipe and not dry_run and start == 1:  # a whole run starts a new log of step times
+        (Path(str(recipe["out"])) / LOG_NAME).unlink(missing_ok=True)
     for k, name, where, command, argv in planned[start - 1:stop]:
         click.echo(f"[{k}/{total}] proxytasks {name} {' '.join(shlex.quote(a) for a in argv)}")
         if dry_run:
             continue
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), _cpu_seconds()
         try:
             command.main(args=argv, prog_name=f"proxytasks {name}", standalone_mode=False, obj=obj)
         except (ProxytasksError, click.ClickException) as e:
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
             raise ProxytasksError(f"{where} failed: {message}") from None
-        logger.info("step %d (%s) took %.1f s", k, name, time.perf_counter() - began)
-    if stop < total and planned[stop - 1][1] == "suggest" and not dry_run:
+        took = {"step": k, "command": name, "seconds": round(time.perf_counter() - began, 2),
+                "cpu_seconds": round(_cpu_seconds() - cpu, 2)}
+        times.append(took)
+        logger.info("step %d (%s) took %.1f s (%.1f s of CPU time)", k, name, took["seconds"], took["cpu_seconds"])
+        if "out" in recipe:
+            _log_step(Path(str(recipe["out"])), took)
+    if dry_run:
+        return recipe
+    if stop < total and planned[stop - 1][1] == "suggest":
         _next_steps(path, recipe, planned, stop, overrides)
-    elif "out" in recipe and not dry_run:
-        click.echo(f"done: outputs in {recipe['out']}/ (the resolved recipe is recipe.yaml there)")
+    elif "out" in recipe:
+        for line in _final_lines(recipe, times, time.perf_counter() - began_all):
+            click.echo(line)
     return recipe
+
+
+LOG_NAME = "recipe_log.jsonl"
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and of its finished child processes."""
+    if resource is None:  # not on POSIX: the process time of this process
+        return time.process_time()
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _log_step(out: Path, took: dict[str, Any]) -> None:
+    """Append a finished step's wall and CPU seconds to ``out/recipe_log.jsonl`` (a log)."""
+    try:
+        with open(out / LOG_NAME, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({**took, "finished": datetime.now().isoformat(timespec="seconds")}) + "\n")
+    except OSError as e:
+        logger.warning("%s: step times not logged (%s)", out / LOG_NAME, e)
+
+
+def _final_lines(recipe: dict[str, Any], times: list[dict[str, Any]], seconds: float) -> list[str]:
+    """What a finished run says last: its time, then where the named dataset, the benchmark
+    and the report are, and what to open."""
+    out = str(recipe["out"])
+    slow = ", ".join(f"{t['command']} {t['seconds']:.0f} s" for t in sorted(times, key=lambda t: -t["seconds"])[:3])
+    more = ", ..." if len(times) > 3 else ""
+    lines = [f"done in {seconds:.0f} s ({slow}{more}; every step in {out}/{LOG_NAME}): outputs in {out}/ "
+             "(the resolved recipe is recipe.yaml there)"]
+    last: dict[str, str] = {}
+    for step in recipe["steps"]:
+        (name, options), = step.items()
+        if isinstance(options, dict) and isinstance(options.get("out"), str):
+            last[name] = options["out"]
+    if "export" in last and Path(last["export"]).is_dir():
+        lines.append(f"  named dataset: {last['export']}/  (a folder of face crops per name, _unknown/ apart; "
+                     "manifest.jsonl: every face with its name and confidence)")
+    if "benchmark" in last and (Path(last["benchmark"]) / "metrics.json").is_file():
+        lines.append(f"  benchmark:     {last['benchmark']}/metrics.json  (pretrained backbone vs proxy training)")
+    report = last.get("report")
+    if report and Path(report).is_file():
+        lines.append(f"  report:        {report}")
+        lines.append(f"open {report} in a web browser; to check and correct the names: proxytasks app {out}")
+    return lines
 
 
 def _continue(path: Path, overrides: Sequence[str], step: str) -> str:

@@ -3,19 +3,17 @@
 :func:`write_report` reads the manifest, rule pairs, clusters, names, suggestions,
 ``metrics.json`` and the training run, and writes a single HTML file with no external
 resource and no script: face thumbnails are embedded as JPEG data URIs and plots are
-inline SVG drawn by :func:`line_plot`. Every section keeps a stable hook
+inline SVG drawn by :func:`proxytasks.plots.line_plot`. Every section keeps a stable hook
 (``<section id="audit">`` ...). A section whose input is absent says which file was
-missing; an input that exists but cannot be read is a :class:`ProxytasksError`.
+missing, unless the run's recipe never asked for it (then the section is left out); the
+inputs are found and read by :mod:`proxytasks.report_inputs`, and an input that exists
+but cannot be read is a :class:`ProxytasksError`.
 """
 from __future__ import annotations
 
 import base64
-import csv
-import html
 import io
-import json
 import logging
-import math
 import os
 import re
 from collections import Counter
@@ -24,26 +22,23 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ProxytasksError
 from .fileio import atomic_write
+from .plots import escape as _e
+from .plots import finite as _finite
+from .plots import line_plot
+from .report_inputs import DEFAULTS, asked_for, load_inputs, locate
 
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("audit", "training", "methods", "active", "budget", "galleries", "suggestions")
-# Where each input is looked for inside the run folder when not given (first found wins).
-DEFAULTS = {"manifest": ("tracked.jsonl", "manifest.jsonl"), "pairs": ("pairs.npz",),
-            "clusters": ("clusters.csv",), "names": ("names.csv",), "suggestions": ("suggestions.csv",),
-            "metrics": ("benchmark/metrics.json", "metrics.json"), "train_run": ("run",),
-            "budget": ("budget/budget.json", "budget.json")}
 THUMB = 64                 # thumbnail height in pixels
 SUGGESTIONS_SHOWN = 100    # rows per suggestion kind
 TARGET = 0.9               # accuracy for "names to reach"
 NONE = "–"
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1280px;padding:0 20px 40px;color:#222}
 h1{font-size:22px;margin:18px 0 4px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}
@@ -63,249 +58,11 @@ details{margin:6px 0}code{font-size:12px}summary{cursor:pointer}
 """
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _num(v: Any, digits: int = 3) -> str:
     """A number for a table cell; null, NaN and non-numbers are a dash."""
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return f"{int(v):,}"
     return f"{v:.{digits}f}" if _finite(v) else NONE
-
-
-# --------------------------------------------------------------------------- plots
-def _axis(lo: float, hi: float, fixed: tuple[float, float] | None = None, integer: bool = False,
-          cap: float | None = None) -> tuple[float, float, list[float], float]:
-    """Axis limits snapped to nice ticks (1, 2, 2.5, 5 x 10^k): (lo, hi, ticks, step).
-
-    ``fixed`` is a range always shown; ``cap`` an upper bound the data cannot pass
-    (e.g. 1 for an AUC), kept as the top when a flat series needs padding.
-    """
-    if fixed is not None:
-        lo, hi = min(lo, fixed[0]), max(hi, fixed[1])
-    if hi - lo <= 1e-12 * max(1.0, abs(lo)):
-        pad = abs(lo) * 0.1 or 1.0
-        lo, hi = (lo - 2 * pad, hi) if cap is not None and hi >= cap else (lo - pad, hi + pad)
-    raw = (hi - lo) / 4
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
-    if integer:
-        step = max(1.0, round(step))
-    lo, hi = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
-    ticks = [round(lo + k * step, 10) for k in range(int(round((hi - lo) / step)) + 1)]
-    return lo, hi, ticks, step
-
-
-def _tick(v: float, step: float) -> str:
-    digits = max(0, -math.floor(math.log10(step) + 1e-9))
-    if digits and abs(step / 10 ** -digits - 2.5) < 1e-9:
-        digits += 1
-    return f"{v:.{digits}f}"
-
-
-def line_plot(series: Sequence[tuple[str, Sequence[tuple[Any, Any]]]], *, title: str, xlabel: str, ylabel: str,
-              ylim: tuple[float, float] | None = None, ycap: float | None = None, integer_x: bool = False,
-              vline: float | None = None, hline: float | None = None, points: Sequence[str] = (),
-              width: int = 460, height: int = 280) -> str:
-    """An inline SVG line plot (``class="plot"``) with axes, ticks, labels and a legend.
-
-    Args:
-        series: ``(label, [(x, y), ...])`` per line; points with a null or non-finite
-            coordinate are skipped, a series left empty is dropped.
-        ylim: y range always shown (widened to fit the data).
-        ycap: the largest possible y (1 for an AUC): a flat series at it is padded below only.
-        integer_x: x ticks at whole numbers only.
-        vline, hline: x of a dashed vertical marker (e.g. the selected step), y of a
-            dashed horizontal one (e.g. a target accuracy).
-        points: labels of the series drawn as points only (a scatter), without a line.
-    """
-    clean = [(str(label), sorted((float(x), float(y)) for x, y in pts if _finite(x) and _finite(y)))
-             for label, pts in series]
-    clean = [(label, pts) for label, pts in clean if pts]
-    if not clean:
-        return f'<p class="note">{_e(title)}: no values to plot.</p>'
-    xs = [x for _, pts in clean for x, _ in pts]
-    ys = [y for _, pts in clean for _, y in pts]
-    x0, x1, xticks, xstep = _axis(min(xs), max(xs), integer=integer_x)
-    y0, y1, yticks, ystep = _axis(min(ys), max(ys), fixed=ylim, cap=ycap)
-    legend_w = 34 + 6.5 * min(28, max(len(label) for label, _ in clean))
-    left = 30 + 6.5 * max(len(_tick(t, ystep)) for t in yticks)
-    right, top, bottom = 16 + legend_w, 28, 44
-
-    def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (width - left - right)
-
-    def py(y: float) -> float:
-        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-
-    out = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}" role="img" aria-label="{_e(title)}">',
-           f'<text class="title" x="{width / 2:.1f}" y="17" text-anchor="middle">{_e(title)}</text>']
-    for t in yticks:
-        y = py(t)
-        out.append(f'<line class="grid" x1="{left:.1f}" x2="{width - right:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                   f'<text x="{left - 6:.1f}" y="{y + 4:.1f}" text-anchor="end">{_tick(t, ystep)}</text>')
-    for t in xticks:
-        x = px(t)
-        out.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{height - bottom}" y2="{height - bottom + 4}"/>'
-                   f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{_tick(t, xstep)}</text>')
-    out.append(f'<path class="axis" d="M{left:.1f} {top}V{height - bottom}H{width - right:.1f}"/>')
-    out.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - 8}" text-anchor="middle">{_e(xlabel)}</text>')
-    cy = (top + height - bottom) / 2
-    out.append(f'<text x="14" y="{cy:.1f}" text-anchor="middle" transform="rotate(-90 14 {cy:.1f})">'
-               f'{_e(ylabel)}</text>')
-    if vline is not None and _finite(vline) and x0 <= vline <= x1:
-        out.append(f'<line x1="{px(vline):.1f}" x2="{px(vline):.1f}" y1="{top}" y2="{height - bottom}" '
-                   f'stroke="#888" stroke-dasharray="4 3"/>')
-    if hline is not None and _finite(hline) and y0 <= hline <= y1:
-        out.append(f'<line x1="{left:.1f}" x2="{width - right:.1f}" y1="{py(hline):.1f}" y2="{py(hline):.1f}" '
-                   f'stroke="#888" stroke-dasharray="4 3"/>')
-    for k, (label, pts) in enumerate(clean):
-        colour = COLOURS[k % len(COLOURS)]
-        scatter = label in points
-        if not scatter:
-            line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}">'
-                       f'<title>{_e(label)}</title></polyline>')
-        if scatter or len(pts) <= 40:
-            out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{colour}">'
-                       f'<title>{_e(label)}: {x:g}, {y:.4g}</title></circle>' for x, y in pts)
-        lx, ly = width - right + 12, top + 8 + 18 * k
-        short = label if len(label) <= 28 else label[:27] + "…"
-        key = (f'<circle cx="{lx + 9}" cy="{ly}" r="3" fill="{colour}"/>' if scatter else
-               f'<line x1="{lx}" x2="{lx + 18}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"/>')
-        out.append(f'{key}<text x="{lx + 23}" y="{ly + 4}">{_e(short)}</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-# --------------------------------------------------------------------------- inputs
-def _locate(run_dir: Path, given: dict[str, Any]) -> dict[str, Path | None]:
-    found: dict[str, Path | None] = {}
-    for key, candidates in DEFAULTS.items():
-        if given.get(key) is not None:
-            path = Path(given[key])
-            if not path.exists():
-                raise ProxytasksError(f"{path}: not found (given as --{key.replace('_', '-')})")
-            found[key] = path
-        else:
-            found[key] = next((run_dir / c for c in candidates if (run_dir / c).exists()), None)
-    return found
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ProxytasksError(f"{path}: not readable JSON ({e})") from None
-
-
-def _read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """``(line, row)`` per CSV row; the header must hold ``required``."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or not set(required) <= set(reader.fieldnames):
-                raise ProxytasksError(f"{path}: expected a CSV with columns {','.join(required)}")
-            return [(reader.line_num, {k: v or "" for k, v in row.items() if k is not None})
-                    for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ProxytasksError(f"{path}: not a readable CSV ({e})") from None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows, line = [], 0
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line, text in enumerate(fh, 1):
-                if text.strip():
-                    row = json.loads(text)
-                    if not isinstance(row, dict):
-                        raise ValueError("not a JSON object")
-                    rows.append(row)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ProxytasksError(f"{path}:{line}: not a JSON object per line ({e})") from None
-    return rows
-
-
-def _check_ids(path: Path, rows: list[tuple[int, dict[str, str]]], pos: dict[str, int] | None,
-               columns: Sequence[str]) -> None:
-    for line, row in rows:
-        for col in columns:
-            if pos is not None and row.get(col) and row[col] not in pos:
-                raise ProxytasksError(f"{path}:{line}: unknown face id {row[col]!r}; "
-                                      "was this file made from the run's manifest?")
-
-
-def _load(paths: dict[str, Path | None], run_dir: Path) -> dict[str, Any]:
-    """Read every input found; corrupt inputs raise :class:`ProxytasksError` naming the file."""
-    from .manifest import Manifest
-
-    d: dict[str, Any] = {}
-    if paths["manifest"] is not None:
-        d["manifest"] = Manifest.read(paths["manifest"], check_files=False)
-        ids = [f.id for f in d["manifest"].faces]
-        d["pos"] = {face_id: i for i, face_id in enumerate(ids)}
-        if paths["pairs"] is not None:
-            from .evaluate import audit_pairs
-            from .pairs import PairSet
-
-            d["audit"] = audit_pairs(d["manifest"], PairSet.load(paths["pairs"], face_ids=ids))
-        if paths["clusters"] is not None:
-            from .cluster import read_clusters
-
-            d["clusters"] = read_clusters(paths["clusters"], ids)
-    if paths["names"] is not None:
-        rows = _read_csv(paths["names"], ("id", "name", "confidence"))
-        _check_ids(paths["names"], rows, d.get("pos"), ("id",))
-        names = {}
-        for line, row in rows:
-            try:
-                conf = float(row["confidence"]) if row["confidence"].strip() else None
-            except ValueError:
-                raise ProxytasksError(f"{paths['names']}:{line}: confidence {row['confidence']!r} "
-                                      "is not a number") from None
-            names[row["id"]] = (row["name"], conf)
-        d["names"] = names
-    if paths["suggestions"] is not None:
-        rows = _read_csv(paths["suggestions"], ("kind", "id"))
-        _check_ids(paths["suggestions"], rows, d.get("pos"), ("id", "id2"))
-        d["suggestions"] = rows
-    if paths["metrics"] is not None:
-        d["metrics"] = _read_json(paths["metrics"])
-        if not isinstance(d["metrics"], dict) or not isinstance(d["metrics"].get("methods", {}), dict):
-            raise ProxytasksError(f"{paths['metrics']}: expected a metrics object (Contract 2)")
-        _check_active(paths["metrics"], d["metrics"].get("active"))
-    if paths["budget"] is not None:
-        d["budget"] = _read_json(paths["budget"])
-        rows = d["budget"].get("budgets") if isinstance(d["budget"], dict) else None
-        if not isinstance(rows, dict) or not all(isinstance(r, dict) and isinstance(r.get("configs"), list)
-                                                 for r in rows.values()):
-            raise ProxytasksError(f"{paths['budget']}: expected a budget sweep (budget.json of `proxytasks budget`)")
-    if paths["train_run"] is not None:
-        if (paths["train_run"] / "train_log.jsonl").is_file():
-            d["train_log"] = _read_jsonl(paths["train_run"] / "train_log.jsonl")
-        if (paths["train_run"] / "config.json").is_file():
-            d["train_config"] = _read_json(paths["train_run"] / "config.json")
-    if (run_dir / "recipe.yaml").is_file():
-        try:
-            d["recipe"] = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ProxytasksError(f"{run_dir / 'recipe.yaml'}: not readable YAML ({e})") from None
-    return d
-
-
-def _check_active(path: Path, active: Any) -> None:
-    ok = active is None or (isinstance(active, dict) and all(
-        isinstance(pts, list) and all(isinstance(p, list) and len(p) == 2 for p in pts)
-        for pts in active.values()))
-    if not ok:
-        raise ProxytasksError(f"{path}: 'active' must map each strategy to [[names_typed, accuracy], ...]")
 
 
 # --------------------------------------------------------------------------- thumbnails
@@ -338,12 +95,18 @@ class _Page:
         self.run_dir, self.paths, self.d = run_dir, paths, data
         self.max_clusters, self.per_cluster = max_clusters, per_cluster
         self.missing: list[str] = []
+        self.not_asked: list[str] = []  # inputs no step of the run's recipe writes
         self.thumbs: dict[int, tuple[str, int]] = {}
         self.unreadable: set[int] = set()
         self.blocks: list[tuple[int, np.ndarray, np.ndarray]] = []   # (cluster, members, shown)
         self.n_clusters, self.unclustered = 0, np.zeros(0, np.int64)
 
     def _missing(self, key: str, what: str, path: Path | None = None) -> str:
+        """A "Missing" line for an input the run's recipe asked for; nothing (the section is
+        left out) for one no step of the recipe writes."""
+        if path is None and not asked_for(self.d.get("recipe"), key):
+            self.not_asked.append(key)
+            return ""
         shown = str(path) if path is not None else " or ".join(str(self.run_dir / c) for c in DEFAULTS[key])
         self.missing.append(shown)
         return f'<p class="missing">Missing {_e(shown)}: {_e(what)}.</p>'
@@ -556,7 +319,8 @@ class _Page:
         result = self.d.get("budget")
         if result is None:
             return self._missing("budget", "no compute-budget sweep")
-        from .budget import describe, plots
+        from .budget_grid import describe
+        from .budget_report import plots
 
         out = [f'<p>{_e(result.get("conclusion", ""))}</p>',
                f'<p class="note">Error: {_e(result.get("error", "?"))}; lower is better.</p>']
@@ -697,13 +461,17 @@ def write_report(run_dir: str | os.PathLike, out_path: str | os.PathLike, *, man
                  progress: bool = True) -> dict[str, Any]:
     """Write a self-contained HTML report of the run folder ``run_dir`` to ``out_path``.
 
-    Inputs not given are looked for inside ``run_dir`` (see :data:`DEFAULTS`); a section
-    whose input is absent says so. A path given that does not exist, or an input that
-    cannot be read, raises :class:`ProxytasksError`.
+    Inputs not given are looked for inside ``run_dir`` (see
+    :data:`proxytasks.report_inputs.DEFAULTS`); a section whose input is absent says
+    "Missing" and which file, unless the run's ``recipe.yaml`` has no step that writes it
+    (a run that never asked for a budget sweep): then the section is left out. A path
+    given that does not exist, or an input that cannot be read, raises
+    :class:`ProxytasksError`.
 
     Returns:
         ``{"out", "sections" (those with content), "missing" (files not found),
-        "clusters_shown", "thumbnails", "unreadable", "bytes"}``.
+        "left_out" (sections of inputs the recipe never asked for), "clusters_shown",
+        "thumbnails", "unreadable", "bytes"}``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -711,16 +479,19 @@ def write_report(run_dir: str | os.PathLike, out_path: str | os.PathLike, *, man
                               else f"{run_dir}: not a folder; give the run folder a recipe wrote")
     if max_clusters < 0 or per_cluster < 0:
         raise ProxytasksError("--max-clusters and --per-cluster must be 0 or more")
-    paths = _locate(run_dir, {"manifest": manifest, "pairs": pairs, "clusters": clusters, "names": names,
+    paths = locate(run_dir, {"manifest": manifest, "pairs": pairs, "clusters": clusters, "names": names,
                               "suggestions": suggestions, "metrics": metrics, "train_run": train_run,
                               "budget": budget})
-    page = _Page(run_dir, paths, _load(paths, run_dir), max_clusters, per_cluster)
+    page = _Page(run_dir, paths, load_inputs(paths, run_dir), max_clusters, per_cluster)
     needed = page.plan()
     if needed:
         page.render_thumbnails(needed, progress)
-    body, present = [page.header()], []
+    body, present, left_out = [page.header()], [], []
     for key in SECTIONS:
         content = getattr(page, key)()
+        if not content.strip():  # its input is absent and the run's recipe never asked for it
+            left_out.append(key)
+            continue
         if re.sub(r'<p class="(?:missing|note)">.*?</p>', "", content).strip():
             present.append(key)
         body.append(f'<section id="{key}"><h2>{TITLES[key]}</h2>{content}</section>')
@@ -731,6 +502,7 @@ def write_report(run_dir: str | os.PathLike, out_path: str | os.PathLike, *, man
     with atomic_write(out_path) as fh:
         fh.write(text)
     summary = {"out": str(out_path), "sections": present, "missing": list(dict.fromkeys(page.missing)),
+               "left_out": left_out,
                "clusters_shown": len(page.blocks), "thumbnails": len(page.thumbs),
                "unreadable": len(page.unreadable), "bytes": len(text.encode("utf-8"))}
     logger.info("wrote %s: %d bytes, %d thumbnails", out_path, summary["bytes"], summary["thumbnails"])

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from proxytasks.budget import (Candidate, SweepSettings, _finish_rows, _sample, budget_sweep, candidates,
-                               conclusion, first_scenes, scenes_order)
+from proxytasks.budget import (Candidate, SweepSettings, budget_sweep, candidates, conclusion, first_scenes,
+                               scenes_order)
+from proxytasks.budget_grid import sample
+from proxytasks.budget_report import finish_rows
 from proxytasks.cli import cli
 from proxytasks.pairs import PairSet, RuleInfo
 
@@ -52,10 +54,10 @@ def test_grid_and_sampling():
     assert grid[5].base == Candidate("sequential", grid[5].backbone, grid[5].fraction, grid[5].steps,
                                      grid[5].lr_schedule)
     pool = [(c, 1.0 + k) for k, c in enumerate(grid)]
-    picked = _sample(pool, 3, 60.0, seed=0)
+    picked = sample(pool, 3, 60.0, seed=0)
     assert [c for c in picked if c.strategy == "independent"] == grid[:2]  # always kept
-    assert len(picked) == 5 and picked == _sample(pool, 3, 60.0, seed=0)
-    assert _sample(pool, 100, 60.0, 0) == [c for c, _ in pool]
+    assert len(picked) == 5 and picked == sample(pool, 3, 60.0, seed=0)
+    assert sample(pool, 100, 60.0, 0) == [c for c, _ in pool]
 
 
 def _result(runs: dict[str, list[dict]]) -> dict:
@@ -70,7 +72,7 @@ def _cfg(strategy, backbone, actual, error, steps=100):
 
 
 class _Fixed:
-    """Stands for a sweep in :func:`_finish_rows`: actual seconds as recorded."""
+    """Stands for a sweep in :func:`finish_rows`: actual seconds as recorded."""
 
     def __init__(self, result):
         self.by = {(r["strategy"], r["backbone"], r["steps"]): r["actual_s"]
@@ -83,7 +85,7 @@ class _Fixed:
 def test_best_per_budget_uses_every_configuration_that_fits():
     result = _result({"10": [_cfg("independent", "a", 4.0, 0.4, steps=0)],
                       "100": [_cfg("sequential", "a", 50.0, 0.1), _cfg("sequential", "b", 90.0, 0.3)]})
-    _finish_rows(_Fixed(result), result["budgets"])
+    finish_rows(_Fixed(result), result["budgets"])
     rows = result["budgets"]
     assert rows["10"]["best"]["strategy"] == "independent"
     assert rows["100"]["best"]["backbone"] == "a" and rows["100"]["winner"] == "sequential"
@@ -95,18 +97,18 @@ def test_best_per_budget_uses_every_configuration_that_fits():
 
 def test_conclusion_explains_when_the_best_does_not_change():
     result = _result({"10": [_cfg("sequential", "a", 5.0, 0.1)], "100": [_cfg("sequential", "b", 80.0, 0.2)]})
-    _finish_rows(_Fixed(result), result["budgets"])
+    finish_rows(_Fixed(result), result["budgets"])
     text = conclusion(result)
     assert text.startswith("The same configuration is best at every budget")
     assert "fits the smallest budget (10 s)" in text and "none of the 1 configurations that cost more" in text
     lone = _result({"10": [_cfg("sequential", "a", 5.0, 0.1)], "100": []})
-    _finish_rows(_Fixed(lone), lone["budgets"])
+    finish_rows(_Fixed(lone), lone["budgets"])
     assert "no configuration costing between 10 and 100 s could be run" in conclusion(lone)
     over = _result({"10": [_cfg("sequential", "a", 5.0, 0.1)], "100": [_cfg("sequential", "b", 120.0, 0.05)]})
-    _finish_rows(_Fixed(over), over["budgets"])  # b overran every budget: it fits none and is no rival
+    finish_rows(_Fixed(over), over["budgets"])  # b overran every budget: it fits none and is no rival
     assert "no configuration costing between" in conclusion(over)
     nothing = _result({"10": [], "100": []})
-    _finish_rows(_Fixed(nothing), nothing["budgets"])
+    finish_rows(_Fixed(nothing), nothing["budgets"])
     assert conclusion(nothing).startswith("No configuration could be run")
 
 
@@ -118,26 +120,26 @@ def test_conclusion_texts_on_hand_made_sweeps():
     moved = _result({"10": [_cfg("sequential", "a", 9.0, 0.3, steps=100)],
                      "100": [_cfg("sequential", "a", 6.0, 0.2, steps=50),
                              _cfg("sequential", "a", 60.0, 0.1, steps=400)]})
-    _finish_rows(_Fixed(moved), moved["budgets"])
+    finish_rows(_Fixed(moved), moved["budgets"])
     assert moved["budgets"]["10"]["best"]["steps"] == 50 and moved["budgets"]["100"]["best"]["steps"] == 400
     assert conclusion(moved) == ("The best configuration changes with the budget (steps): at 10 s it is "
                                  f"{seq.format('a', 50)} (error 0.2000, 6 s); at 100 s it is "
                                  f"{seq.format('a', 400)} (error 0.1000, 60 s).")
     # equal errors: the cheaper configuration is the best, so nothing changes
     tie = _result({"10": [_cfg("sequential", "a", 5.0, 0.1)], "100": [_cfg("sequential", "b", 50.0, 0.1)]})
-    _finish_rows(_Fixed(tie), tie["budgets"])
+    finish_rows(_Fixed(tie), tie["budgets"])
     assert conclusion(tie) == (f"The same configuration is best at every budget: {seq.format('a', 100)} (error "
                                "0.1000) costs 5 s, which fits the smallest budget (10 s), and none of the 1 "
                                "configurations that cost more than 10 s did better (the best of them: "
                                f"{seq.format('b', 100)}, error 0.1000). On these faces more compute buys no "
                                "lower error beyond it.")
     late = _result({"10": [], "100": [_cfg("sequential", "a", 50.0, 0.1)]})
-    _finish_rows(_Fixed(late), late["budgets"])
+    finish_rows(_Fixed(late), late["budgets"])
     assert late["budgets"]["10"]["best"] is None
     assert conclusion(late) == (f"Nothing fits the smallest budget (10 s); at 100 s the best is "
                                 f"{seq.format('a', 100)} (error 0.1000, 50 s).")
     one = _result({"10": [_cfg("independent", "a", 4.0, 0.4, steps=0), _cfg("sequential", "a", 9.0, 0.25)]})
-    _finish_rows(_Fixed(one), one["budgets"])
+    finish_rows(_Fixed(one), one["budgets"])
     assert conclusion(one) == f"One budget (10 s): the best is {seq.format('a', 100)} (error 0.2500)."
 
 
@@ -180,6 +182,7 @@ def sweep(tmp_path_factory, orl_identities):
     return out, result, time.perf_counter() - t0, sum(budgets)
 
 
+@pytest.mark.slow
 def test_sweep_records_its_configurations(sweep):
     """Timings (the sum of the budgets, predicted within 25%) are measured by
     bench/budget_sweep.py, not asserted here: wall time depends on the machine's load."""
@@ -200,6 +203,7 @@ def test_sweep_records_its_configurations(sweep):
     assert "naming accuracy" in result["error"]
 
 
+@pytest.mark.slow
 def test_predicted_and_actual_seconds_are_recorded(sweep):
     _, result, _, _ = sweep
     for b in result["budgets"].values():
@@ -208,6 +212,7 @@ def test_predicted_and_actual_seconds_are_recorded(sweep):
                 assert r["predicted_s"] > 0 and r["actual_s"] > 0 and r["feature_s"] <= r["actual_s"], r
 
 
+@pytest.mark.slow
 def test_best_changes_or_is_explained_in_the_report(sweep):
     out, result, _, _ = sweep
     rows = result["budgets"]

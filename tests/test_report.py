@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from proxytasks.cli import cli
 from proxytasks.cluster import write_clusters
 from proxytasks.errors import ProxytasksError
-from proxytasks.report import SECTIONS, line_plot, write_report
+from proxytasks.plots import line_plot
+from proxytasks.report import SECTIONS, write_report
 
 EVIL = "<script>alert(1)</script>"
 
@@ -229,3 +230,25 @@ def test_methods_show_protocol_alignment_and_peer_variants(run_dir, tmp_path):
     assert "face_recognition (whispers_0.5)" in text and "face_recognition (knn)" in text
     assert "scored track-disjoint" in text
     assert "the central region used for 10 (25.0%)" in text
+
+
+def test_sections_of_steps_the_recipe_never_ran_are_left_out(run_dir, tmp_path):
+    run, _ = run_dir
+    part = tmp_path / "part"
+    shutil.copytree(run, part)
+    shutil.rmtree(part / "budget")
+    (part / "clusters.csv").unlink()
+    steps = "".join(f"- {name}: {{out: x}}\n" for name in ("track", "pairs", "train", "cluster", "name", "suggest",
+                                                            "benchmark"))
+    (part / "recipe.yaml").write_text(f"out: x\nsteps:\n{steps}")
+    summary = write_report(part, tmp_path / "r.html", progress=False)
+    text = (tmp_path / "r.html").read_text()
+    # no budget step: no budget section, no "Missing" for it; a cluster step whose output is gone: Missing
+    assert "budget" not in _sections(text) and summary["left_out"] == ["budget"]
+    assert text.count('class="missing"') == 1 and "clusters.csv: no galleries" in text
+    assert summary["missing"] == [str(part / "clusters.csv")]
+    (part / "recipe.yaml").write_text(f"out: x\nsteps:\n{steps.replace('- cluster', '- embed')}")
+    summary = write_report(part, tmp_path / "r.html", progress=False)
+    text = (tmp_path / "r.html").read_text()
+    assert 'class="missing"' not in text and summary["left_out"] == ["budget", "galleries"]
+    assert _sections(text) == [s for s in SECTIONS if s not in ("budget", "galleries")]
