@@ -14,9 +14,9 @@ from common import emit, orl_episode_benchmark
 
 
 def main() -> None:
-    from proxytasks.active import STRATEGIES, names_to_reach
+    from proxytasks.active import SUGGESTION_STRATEGIES, names_to_reach
 
-    m = orl_episode_benchmark(__doc__, "bench_orl_", active=tuple(STRATEGIES.names()), peers=())
+    m = orl_episode_benchmark(__doc__, "bench_orl_", active=tuple(SUGGESTION_STRATEGIES.names()), peers=())
     pre, proxy = m["methods"]["pretrained"], m["methods"]["proxy"]
     rows = [("naming_1shot", proxy["naming"]["1"], pre["naming"]["1"]),
             ("naming_5shot", proxy["naming"]["5"], pre["naming"]["5"]),

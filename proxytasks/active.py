@@ -3,7 +3,7 @@
 A :class:`Pool` is what every strategy looks at: the embeddings, the must-link units
 (tracks, joined by "same" answers), the clusters, what a person said so far
 (:class:`~proxytasks.naming.Annotations`) and the current naming. Strategies are small
-classes in :data:`STRATEGIES`, each returning :class:`Suggestion` s that say why they
+classes in :data:`SUGGESTION_STRATEGIES`, each returning :class:`Suggestion` s that say why they
 were chosen:
 
 - ``clusters``: the most central face of the largest cluster nobody named yet;
@@ -33,6 +33,7 @@ from .errors import ProxytasksError
 from .fileio import atomic_write
 from .naming import Annotations, NamingResult, name_from_annotations
 from .registry import Registry
+from .vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Pool:
         from .cluster import join_groups
 
         x = np.asarray(vectors, dtype=np.float32)
-        self.vectors = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        self.vectors = l2_normalize(x, axis=1)
         n = len(x)
         self.annotations = annotations if annotations is not None else Annotations()
         groups = join_groups(tracks, sorted(self.annotations.same), n)
@@ -92,8 +93,7 @@ class Pool:
 
     def central(self, members: np.ndarray) -> tuple[int, np.ndarray]:
         """The face of ``members`` closest to their mean direction, and that direction."""
-        mean = self.vectors[members].mean(axis=0)
-        mean /= max(float(np.linalg.norm(mean)), 1e-12)
+        mean = l2_normalize(self.vectors[members].mean(axis=0))
         return int(members[np.argmax(self.vectors[members] @ mean)]), mean
 
 
@@ -106,7 +106,7 @@ class Strategy:
         raise NotImplementedError
 
 
-STRATEGIES: Registry[type[Strategy]] = Registry("suggestion strategy")
+SUGGESTION_STRATEGIES: Registry[type[Strategy]] = Registry("suggestion strategy")
 
 
 def _members(labels: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
@@ -121,7 +121,7 @@ def _members(labels: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     return sorted(groups, key=lambda g: (-len(g), int(labels[g[0]])))
 
 
-@STRATEGIES.register("clusters")
+@SUGGESTION_STRATEGIES.register("clusters")
 class ClusterRepresentatives(Strategy):
     """The most central face of each cluster without a named face, largest first; once
     some faces are named, a cluster's size is weighted by how unsure the naming is of it
@@ -150,7 +150,7 @@ class ClusterRepresentatives(Strategy):
         return out
 
 
-@STRATEGIES.register("margin")
+@SUGGESTION_STRATEGIES.register("margin")
 class Margin(Strategy):
     """Units whose two best names are closest, weighted by how many faces follow the answer."""
 
@@ -180,7 +180,7 @@ class Margin(Strategy):
         return out
 
 
-@STRATEGIES.register("breadth")
+@SUGGESTION_STRATEGIES.register("breadth")
 class Breadth(Strategy):
     """Clusters farthest from every named cluster, picked one after another (k-center):
     likely new people. Once every cluster is named, the same over tracks, which finds a
@@ -219,7 +219,7 @@ class Breadth(Strategy):
         return out
 
 
-@STRATEGIES.register("random")
+@SUGGESTION_STRATEGIES.register("random")
 class Random(Strategy):
     """Faces drawn uniformly at random among faces of units nobody named (the baseline)."""
 
@@ -255,7 +255,7 @@ def suggest(pool: Pool, strategy: str = "clusters", n: int = 20, pairs: int = 0,
     for name in [strategy] + [f for f in FALLBACK if f != strategy]:
         if len(out) >= n:
             break
-        got = STRATEGIES.get(name)().pick(pool, n - len(out), rng, taken)
+        got = SUGGESTION_STRATEGIES.get(name)().pick(pool, n - len(out), rng, taken)
         if name != strategy:
             for s in got:
                 s.reason = f"{s.reason} (fallback: {strategy} had no more candidates)"
@@ -453,10 +453,21 @@ def names_to_reach(curve: Sequence[Sequence[float]], accuracy: float = 0.9) -> i
     return next((int(n) for n, acc in curve if acc >= accuracy), None)
 
 
+def best_strategy(reach: dict[str, int | None]) -> tuple[str, int, float] | None:
+    """From the names typed to reach an accuracy per strategy (:func:`names_to_reach`), the
+    best strategy other than "random", its names, and how many times fewer names it needs
+    than random; None when no strategy reached it, or random never did."""
+    found = [(v, k) for k, v in reach.items() if k != "random" and v is not None]
+    if not found or not reach.get("random"):
+        return None
+    names, name = min(found)
+    return name, names, reach["random"] / names
+
+
 def check_strategies(names: Sequence[str]) -> list[str]:
-    """The strategy names, each checked against :data:`STRATEGIES`."""
+    """The strategy names, each checked against :data:`SUGGESTION_STRATEGIES`."""
     for name in names:
-        STRATEGIES.get(name)
+        SUGGESTION_STRATEGIES.get(name)
     if not names:
         raise ProxytasksError("no strategy named")
     return list(names)

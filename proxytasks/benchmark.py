@@ -24,13 +24,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .defaults import DEFAULT_BACKBONE
 from .errors import ProxytasksError
 from .fileio import atomic_write
 from .manifest import Manifest
+from .pipeline import tracked_pairs
+from .vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RULES = "same-frame,same-track,track-cooccurrence,same-photo"
 DLIB_BACKBONE = "dlib_resnet29"
 PEERS = ("face_recognition", "proxy_dlib")
 PROTOCOL = "track-disjoint"
@@ -132,35 +134,8 @@ def _proxy_run(manifest: Manifest, pairs: Any, run: Path, cfg: Any, progress: bo
     trained = train(manifest, pairs, run, cfg, progress=progress)
     with np.load(run / "features.npz", allow_pickle=False) as z:
         plain = z["features"][0].astype(np.float32)
-    pretrained = plain / np.maximum(np.linalg.norm(plain, axis=1, keepdims=True), 1e-12)
+    pretrained = l2_normalize(plain, axis=1)
     return trained, pretrained, head_vectors(Embedder.load(run), plain)
-
-
-def tracked_pairs(manifest: Manifest, out: Path, progress: bool = True, keep_tracks: bool = True
-                  ) -> tuple[Manifest, Any]:
-    """The manifest tracked (when it has video frames and no track; written to
-    ``out/tracked.jsonl``) and its pairs by the default rules (written to ``out/pairs.npz``).
-
-    ``keep_tracks=False`` drops the tracks the manifest gives first (they may come from
-    ground truth), so the faces are always tracked here.
-    """
-    from .rules import RuleSet
-    from .track import track_manifest
-
-    given = sum(f.track is not None for f in manifest.faces)
-    if given and not keep_tracks:
-        logger.info("the %d tracks given in the manifest are dropped and the faces tracked again "
-                    "(--keep-tracks uses them)", len({(f.media, f.track) for f in manifest.faces if f.track}))
-        manifest = manifest.replace(track=[None] * len(manifest))
-    elif given:
-        logger.warning("the manifest's own tracks are used as they are (--keep-tracks): tracks taken from ground "
-                       "truth flatter every method that carries names along tracks")
-    if all(f.track is None for f in manifest.faces) and any(f.frame is not None for f in manifest.faces):
-        manifest = track_manifest(manifest, progress=progress)
-        manifest.write(out / "tracked.jsonl")
-    pairs = RuleSet(DEFAULT_RULES).apply(manifest)
-    pairs.save(out / "pairs.npz")
-    return manifest, pairs
 
 
 def peer_status(backbone: str) -> dict[str, str | None]:
@@ -209,7 +184,7 @@ def face_recognition_peer(manifest: Manifest, shots: Sequence[int], repeats: int
     return variants[f"whispers_{best}"], variants
 
 
-def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, backbone: str = "tf_efficientnet_lite0",
+def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, backbone: str = DEFAULT_BACKBONE,
                   weights: str | None = None, time_budget: float = 300.0, shots: Sequence[int] = (1, 5, 20),
                   repeats: int = 5, seed: int = 0, progress: bool = True,
                   train_steps: int | None = None, active: Sequence[str] = (), active_budget: int | None = None,

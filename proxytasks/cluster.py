@@ -489,10 +489,9 @@ def constraint_arrays(manifest: Manifest, pairs: PairSet) -> tuple[np.ndarray, n
     """Must-link group per face (its track joined by human "same" pairs, -1 none) and
     cannot-link face pairs (M, 2)."""
     from .pairs import HUMAN_SAME
-    from .rules import FaceColumns
 
     i, j, label, _ = pairs.unique()
-    groups = FaceColumns.from_manifest(manifest).track
+    groups = manifest.columns().track
     human = [k for k, r in enumerate(pairs.rules) if r.name == HUMAN_SAME]
     if human:
         rows = np.isin(pairs.rule, human)

@@ -186,7 +186,7 @@ class Embedder(nn.Module):
         except SafetensorError as e:
             raise ProxytasksError(f"{weights}: cannot read the saved model: {e}") from None
         del data
-        trunk = create_backbone(cfg["backbone"], weights="none")
+        trunk = create_backbone(cfg["backbone"], weights="none", pretrained=False)  # filled from the run below
         model = cls(trunk, cfg["backbone"], cfg["head"], cfg["dim"], cfg["input_size"],
                     cfg.get("weights_origin", ""))
         model.preprocessing = {k: tuple(v) if isinstance(v, list) else v
@@ -196,6 +196,7 @@ class Embedder(nn.Module):
         except RuntimeError as e:
             raise ProxytasksError(f"{weights}: does not fit {cfg['backbone']} with a {cfg['head']} "
                                   f"head of {cfg['dim']}: {str(e)[:300]}") from None
+        logger.info("model %s with a %s head: weights from %s", cfg["backbone"], cfg["head"], weights)
         return model.eval()
 
 

@@ -5,11 +5,13 @@ appearance label per face); rules and the tracker never read it.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import ProxytasksError
 from .manifest import Manifest
 from .pairs import PairSet
 
@@ -75,6 +77,23 @@ def true_appearances(manifest: Manifest, max_gap: int = 2) -> list[str | None]:
             out[idx] = f"{key}#{run}"
             prev = frame
     return out
+
+
+def read_appearances(path: str | os.PathLike, manifest: Manifest) -> list[str | None]:
+    """The true appearance of each face of ``manifest`` from a JSONL file with ``id`` and
+    ``appearance`` per face (a synthetic episode's ``truth.jsonl``); None where it has none."""
+    from .manifest import parse_line
+
+    found: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for text in fh:
+                if text.strip():
+                    rec = parse_line(text)
+                    found[str(rec["id"])] = str(rec["appearance"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ProxytasksError(f"{path}: cannot read truth ({type(e).__name__}: {e})") from None
+    return [found.get(f.id) for f in manifest.faces]
 
 
 def track_quality(manifest: Manifest, appearances: Sequence[str | None] | None = None,

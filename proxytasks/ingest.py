@@ -30,7 +30,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 from PIL import Image
@@ -40,7 +40,9 @@ from .errors import ProxytasksError
 from .fileio import atomic_write
 from .manifest import Manifest, face_from_dict
 from .quality import QUALITY_VERSION, face_quality, has_colour
-from .track import TrackerConfig, detect_cuts, frame_histogram
+from .ingest_shards import SHARD_VERSION, _write_shard_record, merge_manifests, shard_record_path  # noqa: F401
+from .ingest_video import _BadMedia, _ingest_video
+from .track import TrackerConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from .detect import Detections, Detector
@@ -83,10 +85,6 @@ class IngestReport:
     shots: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     frames_per_second: float = 0.0
-
-
-class _BadMedia(Exception):
-    """A media file that cannot be decoded (raised from inside the frame loop)."""
 
 
 def media_keys(paths: list[Path]) -> list[str]:
@@ -250,18 +248,6 @@ class _Writer:
         return records
 
 
-def _frames(it: Iterator) -> Iterator:
-    """Re-raise decoding errors of a media iterator as :class:`_BadMedia`."""
-    while True:
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        except (ProxytasksError, OSError, ValueError, EOFError) as e:
-            raise _BadMedia(str(e) or type(e).__name__) from e
-        yield item
-
-
 def _exif_turned(path: Path) -> bool:
     try:
         with Image.open(path) as im:
@@ -315,6 +301,10 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
     Raises:
         ProxytasksError: no media found, or none could be read, or no face at all.
     """
+    if detector == "precomputed":
+        raise ProxytasksError("ingest looks for faces in the pixels; boxes from a detections table come in "
+                              "through `proxytasks import detections TABLE -o M` (data_tools.importers."
+                              "import_detections), which needs no detector")
     from .media import expected_frames, find_media, is_video, iter_video, read_image
 
     start = time.perf_counter()
@@ -518,175 +508,6 @@ def _whole_file(path: Path) -> bool:
         return False
 
 
-def _no_faces() -> "Detections":
-    from .detect import Detections
-
-    return Detections.empty(True)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of ``[x, y, w, h]`` boxes."""
-    a, b = a.reshape(-1, 1, 4), b.reshape(1, -1, 4)
-    w = np.clip(np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    h = np.clip(np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = w * h
-    return inter / np.maximum(a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter, 1e-9)
-
-
-def _redetect_around(detector, image: Image.Image, lost: np.ndarray, found: "Detections",
-                     grow: float = 1.0) -> "Detections":
-    """``found`` plus the faces the detector finds in the regions around the ``lost``
-    boxes (each grown by ``grow`` of its size on every side), less those that overlap a
-    face already found."""
-    from .detect import Detections
-
-    regions, offsets = [], []
-    for x, y, w, h in lost:
-        side = max(w, h) * (1 + 2 * grow)
-        cx, cy = x + w / 2, y + h / 2
-        box = (int(max(cx - side / 2, 0)), int(max(cy - side / 2, 0)),
-               int(min(cx + side / 2, image.width)), int(min(cy + side / 2, image.height)))
-        if box[2] - box[0] >= 12 and box[3] - box[1] >= 12:
-            regions.append(image.crop(box))
-            offsets.append(box[:2])
-    boxes, scores, marks = [found.boxes], [found.scores], [found.landmarks]
-    for det, (ox, oy) in zip(detector.detect(regions) if regions else [], offsets):
-        if not len(det.boxes):
-            continue
-        b = det.boxes + np.array([ox, oy, 0, 0], np.float32)
-        have = np.concatenate(boxes)
-        keep = _iou(b, have).max(axis=1) < 0.3 if len(have) else np.ones(len(b), bool)
-        boxes.append(b[keep])
-        scores.append(det.scores[keep])
-        if marks[0] is not None and det.landmarks is not None:
-            marks.append(det.landmarks[keep] + np.array([ox, oy], np.float32))
-    if len(boxes) == 1:
-        return found
-    landmarks = np.concatenate(marks) if marks[0] is not None and len(marks) == len(boxes) else None
-    return Detections(np.concatenate(boxes), np.concatenate(scores), landmarks)
-
-
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """torch on one thread for the block (small batches of tiny convolutions, where a
-    second thread only adds waiting, most of all on a busy machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, batch_size: int,
-                  cfg: TrackerConfig, bar: tqdm, report: IngestReport,
-                  faces_before: int, detect_every: int = 1) -> tuple[list[dict], int, int, str | None]:
-    """Faces, frames read, shots and a warning (corrupt tail) for one video.
-
-    With a detector that can follow faces (a ``track(image, boxes)`` method) and
-    ``detect_every`` above 1, the full detector runs on key frames only: every
-    ``detect_every``-th kept frame, a frame whose colour histogram moved enough to be a
-    possible shot cut (above ``cfg.shot_min``, the least cut threshold), and a frame where
-    a followed face was lost; in between, the faces of the previous frame are followed.
-    Other detectors see batches of ``batch_size`` frames."""
-    faces: list[dict] = []
-    hists: list[np.ndarray] = []
-    index: list[int] = []
-    batch: list = []
-    warning = None
-    t0 = time.perf_counter()
-    detector = get_detector()
-    follow = detect_every > 1 and callable(getattr(detector, "track", None))
-    state: dict[str, Any] = {"boxes": None, "since": 0}
-    keyframes: dict[str, int] = {}  # full detections by reason
-    local: dict[str, int] = {}  # faces looked for again around where they were lost
-
-    def emit(fr, det) -> None:
-        scale = fr.detect_image.width / fr.image.width
-        faces.extend(writer.faces(fr.image, det, fr.index, fr.time, None, scale, fr.small))
-
-    def progress(n: int) -> None:
-        bar.update(n)
-        report.frames += n
-        rate = len(index) / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(fps=f"{rate:.1f}", faces=faces_before + len(faces), refresh=False)
-
-    def flush() -> None:
-        dets = detector.detect([f.detect_image for f in batch])
-        for fr, det in zip(batch, dets):
-            emit(fr, det)
-        progress(len(batch))
-        batch.clear()
-
-    def step(fr, moved: float) -> None:
-        det = None
-        boxes = state["boxes"]
-        if boxes is None:
-            why = "first"
-        elif state["since"] >= detect_every:
-            why = "every"
-        elif moved > cfg.shot_min:
-            why = "cut"
-        elif not len(boxes):
-            why, det = None, _no_faces()
-        else:
-            with _single_thread():  # a few tiny crops: threads only wait on each other
-                det, found = detector.track(fr.detect_image, boxes)
-                if not found.all():
-                    # Look again where a face was lost, with the full detector on the region
-                    # around it only (a face at the detector's limit flickers; one that moved
-                    # fast is found again).
-                    det = _redetect_around(detector, fr.detect_image, boxes[~found], det)
-                    local["lost"] = local.get("lost", 0) + int((~found).sum())
-            why = None
-        if why is not None:
-            det = detector.detect([fr.detect_image])[0]
-            state["since"] = 0
-            keyframes[why] = keyframes.get(why, 0) + 1
-        state["boxes"] = det.boxes
-        state["since"] += 1
-        emit(fr, det)
-        progress(1)
-
-    # Following runs torch on one thread for the whole video: its calls are small, FFmpeg's
-    # decoding threads and the JPEG writer take the other core, and switching the thread
-    # count per frame costs more than it gives (tens of ms on a busy machine).
-    try:
-        with _single_thread() if follow else contextlib.nullcontext():
-            for fr in _frames(frames):
-                hists.append(frame_histogram(fr.detect_image))
-                index.append(fr.index)
-                if follow:
-                    moved = 0.5 * float(np.abs(hists[-1] - hists[-2]).sum()) if len(hists) > 1 else 0.0
-                    step(fr, moved)
-                    continue
-                batch.append(fr)
-                if len(batch) >= batch_size:
-                    flush()
-    except _BadMedia as e:
-        if not index:
-            raise
-        warning = f"decoding stopped after {len(index)} frames (last frame {index[-1]}): {e}"
-    if batch:
-        flush()
-    if not index:
-        raise _BadMedia("no frame could be decoded")
-    if follow:
-        logger.info("%s: full detection on %d of %d frames (%s); %d lost faces looked for around "
-                    "where they were", path, sum(keyframes.values()), len(index),
-                    ", ".join(f"{k} {v}" for k, v in keyframes.items()), local.get("lost", 0))
-    d = np.array([0.5 * np.abs(a - b).sum() for a, b in zip(hists[:-1], hists[1:])])
-    shot_of = dict(zip(index, np.r_[0, np.cumsum(detect_cuts(d, cfg))].tolist()))
-    for rec in faces:
-        rec["shot"] = int(shot_of[rec["frame"]])
-    return faces, len(index), int(shot_of[index[-1]]) + 1, warning
-
-
 def _ingest_photo(path: Path, writer: _Writer, get_detector, read_image,
                   detect_size: int | None = None) -> tuple[list[dict], int, None, None]:
     """Faces of one photo; the photo is referenced in place unless EXIF turned it."""
@@ -704,103 +525,3 @@ def _ingest_photo(path: Path, writer: _Writer, get_detector, read_image,
         image_path = writer.out_dir / "frames" / writer.key / "rotated.jpg"
         _save_jpeg(img, image_path)
     return writer.faces(img, det, None, None, image_path, seen.width / img.width), 1, None, None
-
-
-# --------------------------------------------------------------------------- shards
-SHARD_VERSION = 1
-
-
-def shard_record_path(manifest: str | os.PathLike) -> Path:
-    """Where ``ingest --shard`` records which media its manifest covers: ``M.shard.json``."""
-    m = Path(manifest)
-    return m.parent / f"{m.name}.shard.json"
-
-
-def _digest(items: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(items).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _write_shard_record(out: Path, shard: tuple[int, int], paths: list[str], rels: list[str], keys: list[str],
-                        block: range, settings: dict, report: IngestReport) -> None:
-    """``M.shard.json``: the shard's place among all media (the digest of every media's
-    absolute path and key: shards of one run share it), its settings and its report."""
-    record = {"version": SHARD_VERSION, "index": shard[0], "count": shard[1], "media": len(rels),
-              "media_digest": _digest([f"{r}\t{k}" for r, k in zip(paths, keys)]),
-              "block": [block.start, block.stop], "block_media": rels[block.start:block.stop],
-              "settings": settings, "faces": report.faces, "done": report.done, "reused": report.reused,
-              "skipped": report.skipped, "shots": report.shots}
-    with atomic_write(shard_record_path(out)) as fh:
-        json.dump(record, fh, indent=1)
-
-
-def merge_manifests(manifests: list[str | os.PathLike], out: str | os.PathLike) -> Manifest:
-    """Join the manifests of ``ingest --shard I/N`` runs (any order) into the manifest of
-    the whole run: faces in media order, ids as one unsharded run gives them.
-
-    Raises:
-        ProxytasksError: naming the file, for a manifest without its shard record, a shard
-            of another run (other media or settings), a shard given twice, or missing shards.
-    """
-    if not manifests:
-        raise ProxytasksError("no manifest to merge")
-    shards: dict[int, tuple[dict, Path]] = {}
-    first: dict | None = None
-    for m in map(Path, manifests):
-        rec_path = shard_record_path(m)
-        if not m.is_file():
-            raise ProxytasksError(f"{m}: no such manifest")
-        try:
-            rec = json.loads(rec_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ProxytasksError(f"{m}: not a shard ({rec_path.name} is missing beside it); give the "
-                                  "manifests that `proxytasks ingest --shard I/N` wrote") from None
-        except (OSError, ValueError) as e:
-            raise ProxytasksError(f"{rec_path}: unreadable shard record ({e})") from None
-        if not isinstance(rec, dict) or rec.get("version") != SHARD_VERSION:
-            raise ProxytasksError(f"{rec_path}: not a shard record of this version")
-        if first is None:
-            first, first_name = rec, m
-        elif (rec["count"], rec["media"], rec["media_digest"]) != (first["count"], first["media"],
-                                                                   first["media_digest"]):
-            raise ProxytasksError(f"{m}: shard of another run ({rec['media']} media in {rec['count']} shards, "
-                                  f"against {first['media']} in {first['count']} for {first_name}); give "
-                                  "the shards of one media list")
-        elif rec["settings"] != first["settings"]:
-            other = sorted(k for k in set(rec["settings"]) | set(first["settings"])
-                           if rec["settings"].get(k) != first["settings"].get(k))
-            raise ProxytasksError(f"{m}: ingested with other settings than {first_name} ({', '.join(other)} "
-                                  "differ); run every shard with the same options")
-        i = rec["index"]
-        if i in shards:
-            raise ProxytasksError(f"{m}: shard {i} is also {shards[i][1]}")
-        shards[i] = (rec, m)
-    assert first is not None
-    missing = sorted(set(range(first["count"])) - set(shards))
-    if missing:
-        raise ProxytasksError(f"shards {', '.join(map(str, missing))} of {first['count']} are missing "
-                              f"(run `proxytasks ingest --shard I/{first['count']}` for them)")
-    out = Path(out)
-    out_dir = out.parent
-    faces = []
-    for i in range(first["count"]):
-        rec, m = shards[i]
-        if not rec["faces"]:
-            continue
-        part = Manifest.read(m)
-        for f in part.faces:  # paths rebased onto the merged manifest's folder
-            for name in ("image", "crop"):
-                if getattr(f, name) is not None:
-                    setattr(f, name, part._rebase(getattr(f, name), out_dir))
-            if not os.path.isabs(f.media) and (part.root / f.media).exists():
-                f.media = part._rebase(f.media, out_dir)
-        faces.extend(part.faces)
-    if not faces:
-        raise ProxytasksError(f"no face in any of the {first['count']} shards")
-    ids = [f.id for f in faces]
-    if len(set(ids)) != len(ids):
-        raise ProxytasksError("the shards share face ids: they are not shards of one run")
-    merged = Manifest(faces, out_dir)
-    merged.write(out)
-    return merged

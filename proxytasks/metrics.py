@@ -27,6 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import rankdata
 
+from .vectors import l2_normalize
+
 logger = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
@@ -252,7 +254,7 @@ def verification_metrics(vectors: np.ndarray, identities: Sequence[Any], max_pai
         raise ValueError(f"unknown metric {metric!r}: cosine or euclidean")
     norms = np.linalg.norm(x, axis=1)
     if metric == "cosine":
-        x, norms = x / np.maximum(norms, 1e-12)[:, None], np.ones(len(x), np.float32)
+        x, norms = l2_normalize(x, axis=1), np.ones(len(x), np.float32)
     n = len(x)
     if n * (n - 1) // 2 <= max_pairs:
         i, j = np.triu_indices(n, k=1)

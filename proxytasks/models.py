@@ -357,7 +357,8 @@ def create_backbone(
         load_into(model, source.load(), source)
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
-    logger.info("backbone %s: weights from %s", name, source.description)
+    if pretrained:  # pretrained=False builds a skeleton that the caller fills (a run's saved model)
+        logger.info("backbone %s: weights from %s", name, source.description)
     return model.eval()
 
 

@@ -45,20 +45,18 @@ the difference of their shares.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
-import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
+from .annotations import ANSWERS, LABEL_COLUMNS, Annotations, read_annotations, read_labels  # noqa: F401
 from .errors import ProxytasksError
 from .fileio import atomic_write
+from .vectors import l2_normalize
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +64,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCALE = 16.0  # cosine-softmax scale: cos margin 0.3 between two names -> ~99% confidence
-HEADS = ("prototype", "linear")
+NAMING_HEADS = ("prototype", "linear")
 _CHUNK = 65536
 
 
@@ -83,10 +81,6 @@ class NamingResult:
     runner_up: list[str | None] = field(default_factory=list)
     margin: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     info: dict = field(default_factory=dict)
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _fit_linear(x: np.ndarray, y: np.ndarray, protos: np.ndarray, steps: int, seed: int,
@@ -113,7 +107,7 @@ def _fit_linear(x: np.ndarray, y: np.ndarray, protos: np.ndarray, steps: int, se
         _train(xs, ys, w, w0, cw, opt, steps, gen, decay, smoothing, batch)
     finally:
         torch.set_num_threads(threads)
-    return _normalise(w.detach().numpy().astype(np.float32))
+    return l2_normalize(w.detach().numpy().astype(np.float32))
 
 
 def _train(xs: "torch.Tensor", ys: "torch.Tensor", w: "torch.Tensor", w0: "torch.Tensor",
@@ -140,12 +134,12 @@ def _train(xs: "torch.Tensor", ys: "torch.Tensor", w: "torch.Tensor", w0: "torch
 def classify(vectors: np.ndarray, idx: np.ndarray, labels: np.ndarray, n_classes: int,
              head: str = "linear", steps: int = 200, seed: int = 0) -> np.ndarray:
     """Class probabilities (N, n_classes) of a cosine classifier fitted on ``vectors[idx]``."""
-    if head not in HEADS:
-        raise ProxytasksError(f"unknown naming head {head!r}: choose one of {', '.join(HEADS)}")
-    x = _normalise(np.asarray(vectors, dtype=np.float32))
+    if head not in NAMING_HEADS:
+        raise ProxytasksError(f"unknown naming head {head!r}: choose one of {', '.join(NAMING_HEADS)}")
+    x = l2_normalize(np.asarray(vectors, dtype=np.float32))
     protos = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
     np.add.at(protos, labels, x[idx])
-    protos = _normalise(protos)
+    protos = l2_normalize(protos)
     weights = protos if head == "prototype" or steps <= 0 else _fit_linear(
         x[idx], labels, protos, steps, seed)
     probs = np.empty((len(x), n_classes), dtype=np.float32)
@@ -229,19 +223,19 @@ def name_faces(vectors: np.ndarray, named: dict[int, str], tracks: np.ndarray | 
     Raises:
         ProxytasksError: an unknown head, a bad unknown threshold or bad cannot-links.
     """
-    if head not in HEADS:
-        raise ProxytasksError(f"unknown naming head {head!r}: choose one of {', '.join(HEADS)}")
+    if head not in NAMING_HEADS:
+        raise ProxytasksError(f"unknown naming head {head!r}: choose one of {', '.join(NAMING_HEADS)}")
     tau = parse_unknown_threshold(unknown_threshold)
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:
-        raise ValueError(f"vectors must be (N, D), got shape {x.shape}")
+        raise ProxytasksError(f"vectors must be (N, D), got shape {x.shape}")
     n = len(x)
     from .cluster import _check_cannot_links
 
     cannot = _check_cannot_links(cannot_links, n)
     given_idx = np.array(sorted(named), dtype=np.int64)
     if len(given_idx) and (given_idx[0] < 0 or given_idx[-1] >= n):
-        raise ValueError(f"named face index out of range 0..{n - 1}")
+        raise ProxytasksError(f"named face index out of range 0..{n - 1}")
     if len(given_idx) == 0:
         logger.warning("no face is named: every face stays unknown")
         return NamingResult([None] * n, np.zeros(n, np.float32), ["unknown"] * n, [], [None] * n,
@@ -267,14 +261,14 @@ def name_faces(vectors: np.ndarray, named: dict[int, str], tracks: np.ndarray | 
     if tau is not None:  # a last column: "unknown", from the unit's similarity to the names
         from .assign import best_similarity, calibrate_unknown
 
-        xn = _normalise(x)
-        views = [_normalise(_sum_by(unit, n_units, xn))]
+        xn = l2_normalize(x)
+        views = [l2_normalize(_sum_by(unit, n_units, xn))]
         if tau == "auto":
             tau, info["calibration"] = calibrate_unknown(views, unit, xn[given_idx], given_idx, given_lab, k)
         if tau is not None:
             protos = np.zeros((k, x.shape[1]), np.float32)
             np.add.at(protos, given_lab, xn[given_idx])
-            sim = best_similarity(views, _normalise(protos))
+            sim = best_similarity(views, l2_normalize(protos))
             gate = 1.0 / (1.0 + np.exp(np.clip(SCALE * (sim - tau), -60, 60)))
             gate[given_per_unit > 0] = 0.0
             # "unknown" weighs gate * (top name's share) against (1 - gate) * each name's
@@ -347,7 +341,7 @@ def _units(tracks: np.ndarray | None, same: Sequence[tuple[int, int]], n: int) -
     if tracks is not None:
         tracks = np.asarray(tracks).reshape(-1)
         if len(tracks) != n:
-            raise ValueError(f"tracks has {len(tracks)} entries for {n} faces")
+            raise ProxytasksError(f"tracks has {len(tracks)} entries for {n} faces")
     if len(same):
         from .cluster import join_groups
 
@@ -367,7 +361,7 @@ def _unit_clusters(unit: np.ndarray, n_units: int, clusters: np.ndarray | None, 
         return np.full(n_units, -1, np.int64), 0
     clusters = np.asarray(clusters).reshape(-1)
     if len(clusters) != n:
-        raise ValueError(f"clusters has {len(clusters)} entries for {n} faces")
+        raise ProxytasksError(f"clusters has {len(clusters)} entries for {n} faces")
     cl, n_cl = _group(clusters.astype(np.int64), n)
     if not n_cl:
         return np.full(n_units, -1, np.int64), 0
@@ -399,100 +393,6 @@ def _cluster_vote(unit_dist: np.ndarray, unit: np.ndarray, mass: np.ndarray, n_u
 
 # ---------------------------------------------------------------- label files
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-LABEL_COLUMNS = ("id", "name", "cluster", "not_name", "id2", "answer")
-ANSWERS = {"same": True, "yes": True, "different": False, "no": False}
-
-
-def _rows(path: Path) -> tuple[list[tuple[int, dict[str, object]]], bool]:
-    """(line, record) of every record in a CSV or JSONL label file, and whether the file
-    is a suggestion sheet (a ``kind`` column): there a row left blank is unanswered."""
-    stem = path.name[:-3] if path.name.endswith(".gz") else path.name
-    try:
-        with _open_text(path) as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise ProxytasksError(f"{path}: cannot read labels: {e}") from None
-    if stem.endswith((".jsonl", ".json")) or (not stem.endswith(".csv") and text.lstrip().startswith("{")):
-        rows = []
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ProxytasksError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not ({"id", "cluster"} & set(rec)):
-                raise ProxytasksError(f"{path}:{line_no}: each line must be an object with 'id' "
-                                      "(or 'cluster') and 'name', 'not_name' or 'id2'+'answer'")
-            rows.append((line_no, rec))
-        return rows, False
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    cols = [h.strip().lower() for h in header] if header else []
-    if not ({"id", "cluster"} & set(cols)) or not ({"name", "not_name", "answer"} & set(cols)):
-        raise ProxytasksError(f"{path}:1: the header must name the columns 'id' and 'name' "
-                              f"(or cluster,name / id,not_name / id,id2,answer; got {header!r})")
-    rows = []
-    for rec in reader:
-        if not rec or not any(cell.strip() for cell in rec):
-            continue
-        rows.append((reader.line_num, {c: rec[k] for k, c in enumerate(cols) if k < len(rec) and c}))
-    return rows, "kind" in cols
-
-
-@dataclass
-class Annotations:
-    """What a person said, accumulated over naming rounds (later rounds win).
-
-    ``named``: face index -> name; ``forbidden``: face index -> names a person removed
-    from that face (it never gets them back automatically); ``same`` / ``different``:
-    answered face pairs ``(i, j)`` with ``i < j``; ``typed``: names typed so far (a
-    cluster named at once counts one).
-    """
-
-    named: dict[int, str] = field(default_factory=dict)
-    forbidden: dict[int, set[str]] = field(default_factory=dict)
-    same: set[tuple[int, int]] = field(default_factory=set)
-    different: set[tuple[int, int]] = field(default_factory=set)
-    typed: int = 0
-    _by_cluster: set[int] = field(default_factory=set, repr=False)
-
-    def name(self, i: int, name: str) -> None:
-        """Face ``i`` is ``name`` (also lifts an earlier removal of that name)."""
-        self.named[i] = name
-        self._by_cluster.discard(i)
-        self.forbidden.get(i, set()).discard(name)
-        self.typed += 1
-
-    def name_cluster(self, faces: Sequence[int], name: str) -> None:
-        """Every face of a cluster is ``name``, except faces named one by one or that a
-        person removed from ``name``."""
-        for i in faces:
-            if (i not in self.named or i in self._by_cluster) and name not in self.forbidden.get(i, ()):
-                self.named[i] = name
-                self._by_cluster.add(i)
-        self.typed += 1
-
-    def remove(self, i: int, name: str) -> None:
-        """Face ``i`` is not ``name``: it loses that name and never gets it back automatically."""
-        self.forbidden.setdefault(i, set()).add(name)
-        if self.named.get(i) == name:
-            del self.named[i]
-            self._by_cluster.discard(i)
-
-    def answer(self, i: int, j: int, same: bool) -> None:
-        """Faces ``i`` and ``j`` are (not) the same person."""
-        key = (min(i, j), max(i, j))
-        (self.same if same else self.different).add(key)
-        (self.different if same else self.same).discard(key)
-
-
 def unname_marked(result: NamingResult, marked: np.ndarray | None, named: dict[int, str]) -> NamingResult:
     """Faces ``marked`` as low quality (:mod:`proxytasks.quality`: the back of a head, a hand)
     are named "unknown" (None, confidence 0, source ``unknown``) unless a person named them:
@@ -518,91 +418,10 @@ def name_from_annotations(vectors: np.ndarray, ann: "Annotations", **options) ->
                       **options)
 
 
-def read_annotations(paths: Sequence[str | os.PathLike] | str | os.PathLike, ids: Sequence[str],
-                     clusters: np.ndarray | None = None, into: Annotations | None = None) -> Annotations:
-    """Read naming rounds, in order, into :class:`Annotations`.
-
-    Each file is CSV (header required) or JSONL; a record is one of
-    ``id,name`` (a face named), ``cluster,name`` (every face of a cluster of ``clusters``),
-    ``id,not_name`` (a name removed from a face) or ``id,id2,answer`` (``same`` or
-    ``different``). A suggestion sheet from ``proxytasks suggest`` is such a file; its
-    rows left blank are skipped. Every defect (unknown id or cluster, empty name, one id
-    named twice differently in one file, a bad answer) is reported with the file and line
-    in one :class:`ProxytasksError`.
-    """
-    ann = into if into is not None else Annotations()
-    index = {str(face_id): i for i, face_id in enumerate(ids)}
-    members: dict[str, list[int]] = {}
-    if clusters is not None:
-        for i, c in enumerate(np.asarray(clusters).tolist()):
-            if c >= 0:
-                members.setdefault(str(c), []).append(i)
-    problems: list[str] = []
-    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ProxytasksError(f"{path}: label file not found")
-        rows, sheet = _rows(path)
-        seen: dict[int, tuple[str, int]] = {}
-        for line_no, rec in rows:
-            cell = {k: "" if rec.get(k) is None else str(rec.get(k)).strip() for k in LABEL_COLUMNS}
-            where = f"{path}:{line_no}"
-            if cell["id"] and cell["id"] not in index:
-                problems.append(f"{where}: id {cell['id']!r} is not a face of the manifest")
-                continue
-            i = index.get(cell["id"])
-            if cell["answer"] or (cell["id2"] and not sheet):
-                if cell["answer"].lower() not in ANSWERS:
-                    problems.append(f"{where}: answer {cell['answer']!r} must be 'same' or 'different'")
-                elif i is None or cell["id2"] not in index:
-                    problems.append(f"{where}: an answer needs two faces of the manifest in 'id' and "
-                                    f"'id2' (got {cell['id']!r}, {cell['id2']!r})")
-                else:
-                    ann.answer(i, index[cell["id2"]], ANSWERS[cell["answer"].lower()])
-            elif cell["not_name"]:
-                if i is None:
-                    problems.append(f"{where}: 'not_name' needs the face's 'id'")
-                else:
-                    ann.remove(i, cell["not_name"])
-            elif cell["name"] and i is None and cell["cluster"]:
-                if clusters is None:
-                    problems.append(f"{where}: naming cluster {cell['cluster']!r} needs the clusters file")
-                elif cell["cluster"] not in members:
-                    problems.append(f"{where}: cluster {cell['cluster']!r} is not a cluster of the clusters file")
-                else:
-                    ann.name_cluster(members[cell["cluster"]], cell["name"])
-            elif cell["name"] and i is not None:
-                if i in seen and seen[i][0] != cell["name"]:
-                    problems.append(f"{where}: id {cell['id']!r} is named {cell['name']!r} here but "
-                                    f"{seen[i][0]!r} on line {seen[i][1]}")
-                elif i not in seen:
-                    seen[i] = (cell["name"], line_no)
-                    ann.name(i, cell["name"])
-            elif not sheet:
-                what = f"id {cell['id']!r}" if cell["id"] else f"cluster {cell['cluster']!r}"
-                problems.append(f"{where}: {what} has an empty name")
-    if problems:
-        more = f"\n... and {len(problems) - 20} more problem(s)" if len(problems) > 20 else ""
-        raise ProxytasksError("\n".join(problems[:20]) + more)
-    logger.info("labels: %d named faces, %d names typed, %d removals, %d same / %d different answers",
-                len(ann.named), ann.typed, sum(map(len, ann.forbidden.values())), len(ann.same),
-                len(ann.different))
-    return ann
-
-
-def read_labels(path: str | os.PathLike, ids: Sequence[str]) -> dict[int, str]:
-    """Names a person gave in one file: face index (position in ``ids``) -> name.
-
-    CSV ``id,name`` (header required) or JSONL ``{"id", "name"}``; see
-    :func:`read_annotations` for the other record kinds and the error reporting.
-    """
-    return read_annotations([path], ids).named
-
-
 def write_names(path: str | os.PathLike, ids: Sequence[str], result: NamingResult) -> None:
     """Write ``id,name,confidence,source`` as CSV, atomically; an unknown name is empty."""
     if len(ids) != len(result.names):
-        raise ValueError(f"{len(ids)} ids for {len(result.names)} names")
+        raise ProxytasksError(f"{len(ids)} ids for {len(result.names)} names")
     with atomic_write(path) as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["id", "name", "confidence", "source"])

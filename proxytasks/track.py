@@ -21,9 +21,11 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
+from .defaults import DEFAULT_BACKBONE
 from .errors import ProxytasksError
 from .manifest import Manifest
 from .media import read_image
+from .vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class TrackerConfig:
     shot_k: float = 6.0
     shot_min: float = 0.05
     shot_threshold: float = 0.6
-    backbone: str = "tf_efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     batch_size: int = 32
     input_size: int = 128
@@ -329,7 +331,7 @@ def thumbnail_feature(img: Image.Image, box: Sequence[float]) -> np.ndarray:
     crop = img.convert("RGB").resize((_THUMB, _THUMB), Image.BILINEAR, box=(x, y, x + w, y + h))
     v = np.asarray(crop, dtype=np.float32).ravel()
     v -= v.mean()
-    return v / max(float(np.linalg.norm(v)), 1e-6)
+    return l2_normalize(v)
 
 
 def detect_cuts(distances: np.ndarray, cfg: TrackerConfig) -> np.ndarray:

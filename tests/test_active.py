@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proxytasks.active import (STRATEGIES, Pool, SimulatedAnnotator, active_curve, human_pairs, names_to_reach,
+from proxytasks.active import (SUGGESTION_STRATEGIES, Pool, SimulatedAnnotator, active_curve, human_pairs, names_to_reach,
                                pair_questions, read_suggestions, suggest, write_suggestions)
 from proxytasks.cluster import constraint_arrays
 from proxytasks.errors import ProxytasksError
@@ -124,7 +124,7 @@ def fragmented():
 def test_cluster_strategy_takes_central_faces_of_the_largest_unnamed_clusters(fragmented):
     x, identity, clusters, tracks = fragmented
     pool = Pool(x, tracks, clusters)
-    out = STRATEGIES.get("clusters")().pick(pool, 3, np.random.default_rng(0), set())
+    out = SUGGESTION_STRATEGIES.get("clusters")().pick(pool, 3, np.random.default_rng(0), set())
     assert [clusters[s.face] for s in out] == [0, 1, 2]
     members = np.flatnonzero(clusters == 0)
     mean = x[members].mean(0)
@@ -133,7 +133,7 @@ def test_cluster_strategy_takes_central_faces_of_the_largest_unnamed_clusters(fr
     # once cluster 0 is named, it is skipped, and so is every face of a named track
     ann = Annotations()
     ann.name(int(members[0]), "p0")
-    out = STRATEGIES.get("clusters")().pick(Pool(x, tracks, clusters, ann), 20, np.random.default_rng(0), set())
+    out = SUGGESTION_STRATEGIES.get("clusters")().pick(Pool(x, tracks, clusters, ann), 20, np.random.default_rng(0), set())
     assert 0 not in [clusters[s.face] for s in out] and len(out) == 9
 
 
@@ -152,7 +152,7 @@ def test_margin_asks_where_the_two_best_names_are_closest(fragmented):
     ann.name(0, "p0")
     ann.name(40, "p1")
     result = name_faces(x, ann.named, tracks=tracks, clusters=clusters, head="prototype")
-    out = STRATEGIES.get("margin")().pick(Pool(x, tracks, clusters, ann, result), 4, np.random.default_rng(0), set())
+    out = SUGGESTION_STRATEGIES.get("margin")().pick(Pool(x, tracks, clusters, ann, result), 4, np.random.default_rng(0), set())
     assert len(out) == 4 and len({clusters[s.face] for s in out}) == 4  # one per cluster
     margins = [result.margin[s.face] for s in out]
     open_faces = [i for i in range(len(x)) if tracks[i] not in (tracks[0], tracks[40])]

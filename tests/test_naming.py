@@ -260,7 +260,7 @@ def test_no_names_and_bad_head():
         name_faces(x, {0: "a"}, head="svm")
     with pytest.raises(ProxytasksError, match="head"):
         name_faces(x, {}, head="svm")
-    with pytest.raises(ValueError):
+    with pytest.raises(ProxytasksError, match="out of range"):
         name_faces(x, {len(x): "a"})
 
 

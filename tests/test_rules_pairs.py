@@ -10,7 +10,7 @@ from proxytasks.errors import ProxytasksError
 from proxytasks.evaluate import audit_pairs
 from proxytasks.manifest import Face, Manifest
 from proxytasks.pairs import PairSet
-from proxytasks import rules as rules_module
+from proxytasks import pair_engine, rules as rules_module
 from proxytasks.rules import (FaceColumns, PairRows, Rule, RuleSet, pairs_across_groups, pairs_within_groups,
                               parse_rules)
 
@@ -213,7 +213,7 @@ def check_against_brute(faces: list[Face], names: list[str], policy: str) -> Pai
 
 @pytest.mark.parametrize("block", [1 << 20, 5])  # 5: every blockwise loop runs over many blocks
 def test_rules_match_brute_force_on_random_manifests(monkeypatch, block):
-    monkeypatch.setattr(rules_module, "BLOCK", block)
+    monkeypatch.setattr(pair_engine, "BLOCK", block)
     rng = np.random.default_rng(8)
     seen_conflicts = 0
     for trial in range(300):
@@ -227,7 +227,7 @@ def test_rules_match_brute_force_on_random_manifests(monkeypatch, block):
 def test_rules_match_brute_force_on_interleaved_tracks(monkeypatch):
     """Long tracks whose faces interleave by index (min/max per row) and tracks in index
     order (no min/max), many co-occurring pairs, through small blocks."""
-    monkeypatch.setattr(rules_module, "BLOCK", 64)
+    monkeypatch.setattr(pair_engine, "BLOCK", 64)
     rng = np.random.default_rng(3)
     for trial in range(6):
         n = 120

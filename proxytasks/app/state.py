@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ProxytasksError
 from ..naming import Annotations, NamingResult, read_annotations
+from ..vectors import l2_normalize
 from .rounds import Round, RoundLog, earlier_rounds
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,6 @@ class Workspace:
         from ..cluster import read_clusters
         from ..embed import Embeddings
         from ..manifest import Manifest
-        from ..rules import FaceColumns
 
         self.sources = src = find_sources(folder)
         self.folder = src.folder
@@ -128,7 +128,7 @@ class Workspace:
         if emb.ids != self.ids:
             raise ProxytasksError(f"{src.emb} does not hold the faces of {src.manifest} in order")
         self.set_vectors(emb.vectors)
-        self.tracks = FaceColumns.from_manifest(self.manifest).track
+        self.tracks = self.manifest.columns().track
         base = read_clusters(src.clusters, self.ids)
         free = base < 0
         if free.any():  # unclustered faces: a person of their own per track (or face)
@@ -148,7 +148,7 @@ class Workspace:
     # ------------------------------------------------------------ replay
     def set_vectors(self, vectors: np.ndarray) -> None:
         x = np.asarray(vectors, dtype=np.float32)
-        self.vectors = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        self.vectors = l2_normalize(x, axis=1)
 
     def replay(self, rounds: list[Round]) -> tuple[Annotations, np.ndarray, int]:
         """Annotations, clusters and the next free cluster id after the earlier rounds
@@ -301,12 +301,12 @@ class Workspace:
 
     def suggestions(self, strategy: str, n: int, pairs: int) -> dict:
         """The next faces to name (an active-learning strategy) and "same person?" questions."""
-        from ..active import STRATEGIES, Pool, suggest
+        from ..active import SUGGESTION_STRATEGIES, Pool, suggest
 
         with self.lock:
             self.refresh()
             try:
-                STRATEGIES.get(strategy)
+                SUGGESTION_STRATEGIES.get(strategy)
             except ProxytasksError as e:
                 raise ApiError(400, str(e)) from None
             pool = Pool(self.vectors, self.tracks, self.labels, self.ann, self.result)
