@@ -39,6 +39,7 @@ class Candidate:
         return Candidate("sequential", self.backbone, self.fraction, self.steps, self.lr_schedule)
 
     def label(self) -> str:
+        """The configuration in words, e.g. ``sequential mobilenetv2_100 0.5 of pairs, 200 steps cosine``."""
         if self.strategy == "independent":
             return f"independent {self.backbone}"
         text = f"{self.strategy} {self.backbone} {self.fraction:g} of pairs, {self.steps} steps {self.lr_schedule}"
@@ -94,6 +95,7 @@ def sample(pool: list[tuple[Candidate, float]], k: int, budget: float, seed: int
 
 
 def key(row: dict[str, Any]) -> tuple:
+    """What identifies a configuration row of budget.json (its grid coordinates)."""
     return (row["strategy"], row["backbone"], row["fraction"], row["steps"], row["lr_schedule"], row["joint_steps"])
 
 

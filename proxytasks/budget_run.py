@@ -156,6 +156,7 @@ class Sweep:
         return len(set(self.identity[known][few_shot_draw(self.identity[known], self.s.shots, 0)])) >= 2
 
     def train_faces(self, fraction: float) -> np.ndarray:
+        """The training faces of the first scenes that hold ``fraction`` of them (sorted)."""
         return first_scenes(self.order, self.starts, fraction)
 
     def _sub(self, idx: np.ndarray) -> Manifest:

@@ -226,17 +226,21 @@ class _Page:
             out.append(f'<p class="note">{_e(self.paths["train_run"] / "train_log.jsonl")} is empty: '
                        "no step was logged.</p>")
         else:
-            best = summary.get("best_step") if isinstance(summary, dict) else None
             steps = [(r.get("step"), r.get("loss")) for r in log]
             aucs = [(r.get("step"), r.get("val_auc")) for r in log]
-            out.append('<div class="plots">'
-                       + line_plot([("loss", steps)], title="training loss", xlabel="step", ylabel="loss",
-                                   integer_x=True, vline=best)
-                       + line_plot([("validation AUC", aucs)], title="validation AUC (held-out rule pairs)",
-                                   xlabel="step", ylabel="ROC-AUC", ycap=1.0, integer_x=True, vline=best)
-                       + "</div>")
+            validated = any(_finite(y) for _, y in aucs)
+            best = summary.get("best_step") if isinstance(summary, dict) and validated else None
+            plots = [line_plot([("loss", steps)], title="training loss", xlabel="step", ylabel="loss",
+                               integer_x=True, vline=best)]
+            if validated:
+                plots.append(line_plot([("validation AUC", aucs)], title="validation AUC (held-out rule pairs)",
+                                       xlabel="step", ylabel="ROC-AUC", ycap=1.0, integer_x=True, vline=best))
+            out.append('<div class="plots">' + "".join(plots) + "</div>")
             if _finite(best):
                 out.append('<p class="note">Dashed line: the best step by validation AUC.</p>')
+            elif not validated:
+                out.append('<p class="note">No validation AUC: the run held out no rule pairs to score '
+                           "(see holdout_pairs below).</p>")
         if isinstance(summary, dict) and summary:
             rows = [[_e(k), _e(_plain(v))] for k, v in summary.items()]
             out.append(_table(["training", "value"], rows, left=2))

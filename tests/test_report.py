@@ -252,3 +252,15 @@ def test_sections_of_steps_the_recipe_never_ran_are_left_out(run_dir, tmp_path):
     text = (tmp_path / "r.html").read_text()
     assert 'class="missing"' not in text and summary["left_out"] == ["budget", "galleries"]
     assert _sections(text) == [s for s in SECTIONS if s not in ("budget", "galleries")]
+
+
+def test_training_without_validation_shows_the_loss_curve_alone(run_dir, tmp_path):
+    run, _ = run_dir
+    part = tmp_path / "part"
+    shutil.copytree(run, part)
+    log = [{"step": s, "loss": 1.0 / s, "val_auc": None} for s in range(10, 110, 10)]
+    (part / "run" / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    write_report(part, tmp_path / "r.html", progress=False)
+    training = (tmp_path / "r.html").read_text().split('<section id="training">')[1].split("</section>")[0]
+    assert training.count('<svg class="plot"') == 1 and 'aria-label="training loss"' in training
+    assert "No validation AUC" in training and "Dashed line" not in training
