@@ -19,6 +19,8 @@ from PIL import Image
 from proxytasks.cli import cli
 from proxytasks.embed import Embeddings
 
+from .conftest import tiny_embedder
+
 BOX = [8, 8, 32, 32]
 
 
@@ -71,8 +73,6 @@ def png_header(path: Path, width: int, height: int) -> Path:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A valid 4-face manifest with real PNGs, its pairs, a run folder and embeddings."""
-    from proxytasks.embedder import create_embedder
-
     d = tmp_path_factory.mktemp("bad_input_base")
     records = []
     for i in range(4):
@@ -80,7 +80,7 @@ def base(tmp_path_factory):
         records.append(face(i, f"img{i}.png"))
     manifest = write_manifest(d / "m.jsonl", records)
     ok(["pairs", manifest, "-o", d / "pairs.npz"])
-    create_embedder("tf_efficientnet_lite0", dim=16).save(d / "run")
+    tiny_embedder(dim=16).save(d / "run")  # bad input is refused whatever the model
     ok(["embed", d / "run", manifest, "-o", d / "emb.npz"])
     (d / "labels.csv").write_text("id,name\nf0,Bob\nf1,Ann\n")
     (d / "clusters.csv").write_text("id,cluster\nf0,0\nf1,1\nf2,0\nf3,1\n")
