@@ -16,6 +16,8 @@ backbone yet: ``python bench/dev_episodes.py`` measures it (issue 16).
 import importlib.util
 import os
 
+import pytest
+
 from data_tools.importers import import_folders
 from data_tools.synthetic import make_episode
 from proxytasks.active import names_to_reach
@@ -24,6 +26,7 @@ from proxytasks.benchmark import run_benchmark
 from .conftest import shared
 
 
+@pytest.mark.slow
 def test_proxy_beats_pretrained_on_an_orl_episode(tmp_path):
     identities = import_folders(shared("orl_faces"), tmp_path / "orl.jsonl")
     manifest = make_episode(tmp_path / "episode", identities, n_identities=15, n_shots=20, seed=5, progress=False,

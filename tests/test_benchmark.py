@@ -59,6 +59,7 @@ def test_benchmark_on_synthetic_episode(small_episode, tmp_path):
     assert proxy["verification"]["roc_auc"] > pretrained["verification"]["roc_auc"] + 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["orl_faces", "yalefaces", "bbt/images"])
 def test_benchmark_on_real_photo_sets(dataset, tmp_path):
     root = shared(*dataset.split("/"))
@@ -89,6 +90,7 @@ def test_benchmark_refuses_unlabelled(tmp_path, small_episode):
     assert res.exit_code == 2
 
 
+@pytest.mark.slow
 def test_dlib_backbone_with_both_peers_on_crops_with_margin(bbt_margin, tmp_path):
     """--backbone dlib_resnet29 with every peer, on the bbt faces given as crops with a 50% margin:
     the faces are found inside the crops, and dlib's pipeline knows these people."""
@@ -109,6 +111,7 @@ def test_dlib_backbone_with_both_peers_on_crops_with_margin(bbt_margin, tmp_path
     assert not (tmp_path / "out" / "run_dlib").exists()
 
 
+@pytest.mark.slow
 def test_proxy_dlib_trains_its_own_run(small_episode, tmp_path):
     needs_dlib()
     folder = small_episode[0]
