@@ -12,11 +12,12 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 # The tests run on both cores, one pytest-xdist worker each (tests/conftest.py puts each
 # worker's torch, and the subprocesses it starts, on one thread so that the two do not fight
-# over the cores). `make test WORKERS=0` runs them in one process; PYTEST_ARGS='-k name' and
-# the like pass through.
+# over the cores), a test file at a time per worker so that a file's module fixtures are built
+# once. `make test WORKERS=0` runs them in one process; PYTEST_ARGS='-k name' and the like
+# pass through.
 WORKERS ?= 2
 PYTEST_ARGS ?=
-PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --durations=15 $(PYTEST_ARGS)
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 # Extras of the development install; `make bench` adds the benchmarks' peers.
 DEV_EXTRAS := dev,video,detect,dlib,app,docs
 
