@@ -1,12 +1,15 @@
-"""The recipes in recipes/: each checks out step by step, and the two that wait for a
-person run in two parts on real media (--to suggest, a filled sheet, --from name)."""
+"""The recipes in recipes/: each checks out step by step, the demo runs end to end once
+(its outputs, its report and its last lines checked on that one run), and the two that
+wait for a person run in two parts on real media (--to suggest, a filled sheet, --from name)."""
 from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from proxytasks.cli import cli
@@ -45,6 +48,59 @@ def test_from_and_to_pick_steps(tmp_path):
     assert first[2] == "name" and "round1/suggestions.csv" in out
     res = CliRunner().invoke(cli, ["-q", "run", str(recipe), "--dry-run", "--from", "nope"])
     assert res.exit_code == 2 and "no step 'nope'" in res.output
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, str]:
+    """One run of recipes/demo.yaml (the tests below share it): (its folder, its console output)."""
+    out = tmp_path_factory.mktemp("demo")
+    return out, run(REPO / "recipes" / "demo.yaml", "--set", f"out={out}")
+
+
+def test_demo_recipe_end_to_end(demo):
+    out, output = demo
+    for name in ("episode/manifest.jsonl", "tracked.jsonl", "pairs.npz", "recipe.yaml", "names.csv",
+                 "benchmark/metrics.json", "report.html"):
+        assert (out / name).is_file(), name
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved["out"] == str(out) and saved["steps"][0]["synth"]["out"] == f"{out}/episode"
+    assert re.search(r"same-track\s+same\s+\d+\s+1\.0000", output), output
+    audit = CliRunner().invoke(cli, ["-q", "audit", str(out / "tracked.jsonl"), str(out / "pairs.npz"), "--json"])
+    rules = json.loads(audit.output)["rules"]
+    assert rules["same-frame"]["precision"] == 1.0 and rules["same-track"]["precision"] >= 0.99
+    check_outputs(out, "clusters.csv")
+    # every step's wall and CPU seconds, in order
+    log = [json.loads(line) for line in (out / "recipe_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, len(saved["steps"]) + 1))
+    assert all(r["seconds"] > 0 and r["cpu_seconds"] >= 0 for r in log)
+
+
+def test_demo_report_shows_training_and_nothing_missing(demo):
+    out, _ = demo
+    steps = [json.loads(line) for line in (out / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(steps) >= 2 and steps[-1]["step"] > steps[0]["step"] >= 1  # the demo trains
+    html = (out / "report.html").read_text()
+    training = html.split('<section id="training">')[1].split("</section>")[0]
+    curve = training.split('aria-label="training loss"')[1].split("</svg>")[0]  # the loss curve, drawn
+    assert "<polyline" in curve and curve.count("<circle") >= 2
+    assert "is empty" not in training
+    # the demo asks for no budget sweep: no section for it, and nothing "Missing"
+    assert 'class="missing"' not in html and "Missing" not in html
+    assert '<section id="budget">' not in html
+    for section in ("audit", "methods", "active", "galleries", "suggestions"):
+        assert f'<section id="{section}">' in html, section
+
+
+def test_demo_ends_saying_where_the_dataset_and_report_are(demo):
+    out, output = demo
+    last = output.strip().splitlines()[-4:]
+    assert last[0].strip() == f"named dataset: {out}/dataset/  (a folder of face crops per name, _unknown/ " \
+                               "apart; manifest.jsonl: every face with its name and confidence)"
+    assert last[1].strip().startswith(f"benchmark:     {out}/benchmark/metrics.json")
+    assert last[2].strip() == f"report:        {out}/report.html"
+    assert last[3] == f"open {out}/report.html in a web browser; to check and correct the names: proxytasks app {out}"
+    assert re.match(rf"done in \d+ s \(.*; every step in {re.escape(str(out))}/recipe_log.jsonl\)",
+                    output.strip().splitlines()[-5])
 
 
 def fill_sheet(sheet: Path, clusters: Path) -> int:
