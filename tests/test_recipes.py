@@ -57,6 +57,7 @@ def demo(tmp_path_factory) -> tuple[Path, str]:
     return out, run(REPO / "recipes" / "demo.yaml", "--set", f"out={out}")
 
 
+@pytest.mark.slow
 def test_demo_recipe_end_to_end(demo):
     out, output = demo
     for name in ("episode/manifest.jsonl", "tracked.jsonl", "pairs.npz", "recipe.yaml", "names.csv",
@@ -75,6 +76,7 @@ def test_demo_recipe_end_to_end(demo):
     assert all(r["seconds"] > 0 and r["cpu_seconds"] >= 0 for r in log)
 
 
+@pytest.mark.slow
 def test_demo_report_shows_training_and_nothing_missing(demo):
     out, _ = demo
     steps = [json.loads(line) for line in (out / "run" / "train_log.jsonl").read_text().splitlines()]
@@ -91,6 +93,7 @@ def test_demo_report_shows_training_and_nothing_missing(demo):
         assert f'<section id="{section}">' in html, section
 
 
+@pytest.mark.slow
 def test_demo_ends_saying_where_the_dataset_and_report_are(demo):
     out, output = demo
     last = output.strip().splitlines()[-4:]
@@ -131,6 +134,7 @@ def check_outputs(out: Path, clusters: str) -> None:
     assert (out / "suggestions.csv").is_file() and (out / clusters).is_file()
 
 
+@pytest.mark.slow
 def test_video_recipe_in_two_parts(tmp_path):
     clip = shared("face_recognition_examples", "examples", "short_hamilton_clip.mp4")
     recipe = REPO / "recipes" / "video_face_naming.yaml"
@@ -166,6 +170,7 @@ def test_video_recipe_in_two_parts(tmp_path):
     assert sum(human.values()) > 0, human
 
 
+@pytest.mark.slow
 def test_photo_album_recipe_in_two_parts(tmp_path):
     examples = shared("face_recognition_examples", "examples")
     photos = tmp_path / "album"  # a small album: portraits and group photos (same-photo pairs)
