@@ -30,6 +30,7 @@ class ProxytasksGroup(click.Group):
 
 
 def progress(ctx: click.Context) -> bool:
+    """Whether to show progress bars: not under the root's ``--quiet``."""
     return not (ctx.find_root().obj or {}).get("quiet", False)
 
 
@@ -80,8 +81,10 @@ def numbers(value: str, what: str, kind: type = int) -> list:
 
 
 def names(value: str) -> tuple[str, ...]:
+    """The comma-separated names of an option value, stripped, empty ones left out."""
     return tuple(x.strip() for x in value.split(",") if x.strip())
 
 
 def fmt(value: float | None) -> str:
+    """A score with three decimals, "-" for None."""
     return "-" if value is None else f"{value:.3f}"

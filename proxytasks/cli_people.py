@@ -117,8 +117,7 @@ def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold
               help="Cosine similarity between a track and the nearest name's faces below which the track is "
                    "unknown: 'auto' calibrates it on the named faces (leave-one-out), 'none' never rejects.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
-@click.option("--strategy", type=click.Choice(["independent", "sequential", "global"]), default="sequential",
-              show_default=True,
+@click.option("--strategy", default="sequential", show_default=True,
               help="independent (naming on the frozen pretrained trunk features), sequential (on the proxy "
                    "embedding EMB) or global (trunk's last stage, head and naming fine-tuned jointly).")
 @click.option("--pairs", "pairs_path", type=click.Path(path_type=Path), default=None,
@@ -178,8 +177,9 @@ def _refuse_sheet(out: Path, overwrite: bool) -> None:
               help="CSV id,cluster from `cluster` [default: none].")
 @click.option("--labels", multiple=True, type=click.Path(path_type=Path),
               help="Naming rounds so far (repeatable, in order).")
-@click.option("--strategy", type=click.Choice(["clusters", "margin", "breadth", "random"]), default="margin",
-              show_default=True, help="How to pick the faces (see proxytasks.active).")
+@click.option("--strategy", default="margin", show_default=True,
+              help="How to pick the faces: clusters, margin, breadth, random, or one registered in "
+                   "proxytasks.active.SUGGESTION_STRATEGIES.")
 @click.option("-n", default=20, show_default=True, help="Faces to name.")
 @click.option("--pairs", "n_pairs", default=0, show_default=True,
               help="Also ask this many 'same person?' questions (clusters to merge or split).")
