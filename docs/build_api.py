@@ -51,7 +51,6 @@ def build(out: Path, modules: list[str]) -> list[str]:
     except ImportError:
         print("pdoc is not installed: pip install -e '.[docs]'", file=sys.stderr)
         sys.exit(2)
-    sys.path.insert(0, str(ROOT))
     # Nothing the docs import may reach for a GPU or spawn many threads.
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     pdoc.render.configure(docformat="google", search=True, show_source=True)
@@ -74,6 +73,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "api", help="output folder (default build/api)")
     ap.add_argument("--allow-warnings", action="store_true", help="print the warnings but exit 0")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))  # this checkout's modules, whatever is installed
     found = build(args.out, module_names(MODULES))
     pages = sum(1 for _ in args.out.rglob("*.html"))
     for line in found:
