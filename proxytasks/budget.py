@@ -126,13 +126,15 @@ def budget_sweep(manifest: Manifest, pairs: PairSet, out: str | os.PathLike, set
             s = replace(s, strategies=tuple(x for x in s.strategies if x != "global"))
             sw.s = s
         budgets = sorted(set(float(b) for b in s.budgets))
-        # One bar for the whole sweep, in seconds of its total budget (the sum of the budgets,
-        # the probe included): its ETA is the time the sweep may still take.
+        # One bar for the whole sweep, in seconds: its total is the sum of the budgets (the
+        # probe included) until the time the sweep may still take says otherwise (``ahead``:
+        # what the budget being run and the later ones have left), and its ETA that time.
         bar = tqdm(total=sum(budgets), desc="budget sweep", unit="s", disable=not progress,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
 
-        def tick(**postfix: Any) -> None:
-            bar.n = min(time.perf_counter() - start, bar.total)
+        def tick(remaining: float | None = None, **postfix: Any) -> None:
+            bar.n = time.perf_counter() - start
+            bar.total = bar.n + max(remaining, 0.0) if remaining is not None else max(bar.total, bar.n)
             bar.set_postfix(postfix, refresh=True)
 
         for k, b in enumerate(backbones, 1):
@@ -141,6 +143,12 @@ def budget_sweep(manifest: Manifest, pairs: PairSet, out: str | os.PathLike, set
         grid = candidates(s, backbones)
         rows: dict[str, Any] = {}
         probe_s, left = time.perf_counter() - start, 0.0
+
+        def ahead(budget: float, clock: float) -> float:
+            """Seconds the sweep may still take: what this budget has left, plus the later ones."""
+            later = sum(b for b in budgets if b > budget) - (probe_s if budget < budgets[-1] else 0.0)
+            return max(left - (time.perf_counter() - clock), 0.0) + max(later, 0.0)
+
         for budget in budgets:
             clock = time.perf_counter()
             left += budget - (probe_s if budget == budgets[-1] else 0.0)  # the largest budget pays the probe
@@ -151,7 +159,7 @@ def budget_sweep(manifest: Manifest, pairs: PairSet, out: str | os.PathLike, set
                             key=lambda c: (c.strategy != "independent", -sw.predicted(c)))
             configs: list[dict[str, Any]] = []
             for k, c in enumerate(chosen, 1):
-                tick(budget=f"{budget:g} s", config=f"{k}/{len(chosen)}")
+                tick(ahead(budget, clock), budget=f"{budget:g} s", config=f"{k}/{len(chosen)}")
                 need, predicted = sw.incremental(c), sw.predicted(c)  # recorded before the run
                 spent = time.perf_counter() - clock
                 if predicted > budget or need > left - spent:
@@ -161,11 +169,12 @@ def budget_sweep(manifest: Manifest, pairs: PairSet, out: str | os.PathLike, set
                     continue
                 res = sw.run(c, budget)
                 configs.append(_row(c, res, predicted))
-                tick(budget=f"{budget:g} s", config=f"{k}/{len(chosen)}", error=f"{res['error']:.3f}")
+                tick(ahead(budget, clock), budget=f"{budget:g} s", config=f"{k}/{len(chosen)}",
+                     error=f"{res['error']:.3f}")
             left -= time.perf_counter() - clock
             rows[f"{budget:g}"] = {"configs": configs, "seconds": round(time.perf_counter() - clock, 3),
                                    "over_budget": len(pool) - len(fits)}
-        tick(done=f"{len(sw.results)} configurations run")
+        tick(0.0, done=f"{len(sw.results)} configurations run")
         bar.close()
         finish_rows(sw, rows)
         result = {"error": sw.error_name, "lower_is_better": True, "device": sw.device,
