@@ -7,8 +7,10 @@ writes them); each script's own log lines and the final count of met and unmet t
 go to stderr. `--quick` runs the hot-path scripts at small sizes (a smoke run of a few
 minutes: the numbers are not the targets' sizes) and skips the slow episode benchmarks
 (naming_orl_episode, face_peers, train_budget, ingest_speed, memory, cluster_peer).
-Exit status: 1 when a script failed (a missing data set counts), else 0 even with
-unmet targets.
+A result line whose peer could not be measured (``peer_value`` null: the peer's package is
+not installed) is counted and named in the summary; `make bench` installs the peers (the
+``[bench]`` extra: pandas, scikit-learn). Exit status: 1 when a script failed (a missing data
+set counts), else 0 even with unmet targets or missing peers.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ def main() -> None:
     skip = {s for s in args.skip.split(",") if s}
     met = unmet = 0
     failed: list[str] = []
+    no_peer: list[str] = []
     for name, quick in SCRIPTS:
         if (only and name not in only) or name in skip or (args.quick and quick is None):
             continue
@@ -68,13 +71,17 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             met += bool(row.get("met"))
             unmet += not row.get("met")
+            if "peer_value" in row and row["peer_value"] is None and row.get("peer"):
+                no_peer.append(f"{row.get('bench')}/{row.get('metric')}")
         proc.wait()
         print(f"== {name}: exit {proc.returncode} after {time.perf_counter() - start:.0f} s", file=sys.stderr,
               flush=True)
         if proc.returncode:
             failed.append(name)
     print(f"summary: {met + unmet} result lines, {met} met, {unmet} unmet"
-          + (f"; failed scripts: {', '.join(failed)}" if failed else ""), file=sys.stderr, flush=True)
+          + (f"; failed scripts: {', '.join(failed)}" if failed else "")
+          + (f"; {len(no_peer)} without their peer measured ({', '.join(no_peer)}): pip install -e '.[bench]'"
+             if no_peer else ""), file=sys.stderr, flush=True)
     sys.exit(1 if failed else 0)
 
 
