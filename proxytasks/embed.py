@@ -1,10 +1,9 @@
-"""Embedding faces: load crops, run the trunk (cached features) and the head.
+"""Embedding faces: run the trunk and the head over a manifest, in resumable chunks.
 
-Faces come from ``crop`` or are cut on the fly from ``image`` + ``bbox``. Trunk
-features can be computed for several *views* of each face (plain, mirrored, randomly
-augmented), so that training a head on cached features still sees augmentations.
-Embeddings are written as ``.npz`` (vectors, ids, and a JSON header with the model,
-dimension and sha256 digests of the ids and of the vectors).
+The faces, their views and the trunk pass live in :mod:`proxytasks.features` (its
+names are importable from here too). Embeddings are written as ``.npz`` (vectors, ids,
+and a JSON header with the model, dimension and sha256 digests of the ids and of the
+vectors).
 """
 from __future__ import annotations
 
@@ -20,146 +19,24 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .embedder import Embedder
 from .errors import ProxytasksError
+from .features import (  # noqa: F401  (re-exported: their home is proxytasks.features)
+    VIEWS,
+    FaceDataset,
+    head_vectors,
+    load_face,
+    trunk_features,
+    unwrap_worker_error,
+)
 from .fileio import atomic_write
-from .manifest import Face, Manifest
-from .media import read_image
-from .models import autocast, to_device
+from .manifest import Manifest
 from .pairs import ids_digest
 
 logger = logging.getLogger(__name__)
 
-VIEWS = ("plain", "flip", "augment")
 FORMAT_VERSION = 2  # 2: the header holds vectors_sha256
-
-
-def load_face(manifest: Manifest, face: Face, aligner: Any = None) -> Image.Image:
-    """The face as an RGB image: its crop, or its box cut from its (upright) image; with
-    an ``aligner`` (e.g. :class:`~proxytasks.align.DlibAligner`), what it makes of the face."""
-    if aligner is not None:
-        return aligner(manifest, face)
-    try:
-        img = read_image(manifest.resolve(face.crop if face.crop is not None else face.image))
-    except ProxytasksError as e:
-        raise ProxytasksError(f"face {face.id!r}: {e}") from None
-    if face.crop is None:
-        x, y, w, h = face.bbox
-        img = img.crop((round(x), round(y), round(x + w), round(y + h)))
-    return img
-
-
-def _augment() -> Any:
-    from torchvision import transforms as T
-
-    return T.Compose([
-        T.RandomResizedCrop(size=112, scale=(0.7, 1.0), ratio=(0.85, 1.15)),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.3, 0.03)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
-    ])
-
-
-class FaceDataset(Dataset):
-    """Faces of a manifest under one view, transformed for the trunk."""
-
-    def __init__(self, manifest: Manifest, transform: Any, view: str = "plain", seed: int = 0,
-                 aligner: Any = None, first: int = 0) -> None:
-        if view not in VIEWS:
-            raise ProxytasksError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
-        self.manifest, self.transform, self.view, self.seed = manifest, transform, view, seed
-        self.first = first  # the position of the manifest's first face in the whole set (a shard's start)
-        self.aligner = aligner
-        self._augment = _augment() if view == "augment" else None
-
-    def __len__(self) -> int:
-        return len(self.manifest)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        img = load_face(self.manifest, self.manifest[i], self.aligner)
-        if self.view == "flip":
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        elif self._augment is not None:
-            torch.manual_seed(self.seed * 1_000_003 + self.first + i)  # the same augmentation on every run
-            img = self._augment(img)
-        return self.transform(img)
-
-
-def unwrap_worker_error(e: ProxytasksError) -> ProxytasksError:
-    """A ProxytasksError raised in a DataLoader worker, without torch's traceback text."""
-    if "Original Traceback" not in str(e):
-        return e
-    return ProxytasksError(str(e).rsplit("ProxytasksError: ", 1)[-1].strip())
-
-
-def trunk_features(embedder: Embedder, manifest: Manifest, views: Sequence[str] = ("plain",),
-                   batch_size: int = 64, workers: int = 1, seed: int = 0, progress: bool = True,
-                   device: str = "cpu", module: torch.nn.Module | None = None, dtype: Any = np.float32,
-                   desc: str = "features", first: int = 0) -> np.ndarray:
-    """Pooled trunk features, shape (len(views), faces, in_dim) (bf16 autocast on CUDA).
-
-    ``module``: another network to run on the embedder's inputs instead of its trunk (a
-    part of it, as :func:`proxytasks.systems.prefix_features` does); its outputs of any
-    shape are stacked the same way, as ``dtype``. ``first``: where ``manifest`` starts in
-    the whole set when it is a block of it (the seeded augmentations follow the face).
-    """
-    out = None if len(manifest) else np.zeros((len(views), 0, embedder.in_dim), dtype=dtype)
-    if out is not None and module is not None:
-        raise ProxytasksError("the manifest holds no face: nothing to compute")
-    home = next(embedder.parameters()).device
-    embedder.to(device).eval()
-    trunk = module if module is not None else embedder.trunk
-    transform = embedder.transform()
-    aligner = embedder.aligner()
-    if aligner is not None:
-        aligner.prepare(manifest, progress=progress)
-        plan = aligner.plan(manifest)
-        logger.info("faces for %s: %s", embedder.backbone, ", ".join(f"{n} {how}" for how, n in plan.most_common()))
-        if plan.get("crop"):
-            logger.warning("%d of %d faces are unaligned crops (no dlib 5-point predictor, no landmarks): "
-                           "%s expects aligned chips", plan["crop"], len(manifest), embedder.backbone)
-    bar = tqdm(total=len(views) * len(manifest), desc=desc, unit="face", disable=not progress)
-    cuda = torch.device(device).type == "cuda"
-    try:
-        with torch.inference_mode(), autocast(device):
-            for v, view in enumerate(views):
-                loader = DataLoader(FaceDataset(manifest, transform, view, seed, aligner, first),
-                                    batch_size=batch_size, num_workers=workers, shuffle=False, pin_memory=cuda)
-                pos = 0
-                try:
-                    for batch in loader:
-                        feats = trunk(to_device(batch, device)).float().cpu().numpy()
-                        if out is None:
-                            out = np.zeros((len(views), len(manifest)) + feats.shape[1:], dtype=dtype)
-                        out[v, pos:pos + len(feats)] = feats
-                        pos += len(feats)
-                        bar.update(len(feats))
-                except ProxytasksError as e:  # from a worker, torch wraps the message in its traceback
-                    raise unwrap_worker_error(e) from None
-    finally:
-        bar.close()
-        embedder.to(home)
-    if not np.isfinite(out).all():
-        raise ProxytasksError(f"the {embedder.backbone} trunk produced NaN or infinite (or, as {np.dtype(dtype).name}, "
-                              "overflowing) values; check the weights")
-    return out
-
-
-def head_vectors(embedder: Embedder, features: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """Apply the head (and L2 normalisation) to cached trunk features."""
-    embedder.eval()
-    rows = []
-    device = next(embedder.head.parameters(), torch.empty(0)).device
-    with torch.inference_mode():
-        for s in range(0, len(features), batch_size):
-            x = to_device(torch.from_numpy(features[s:s + batch_size]), device)
-            rows.append(embedder.embed_features(x).float().cpu().numpy())
-    return np.concatenate(rows) if rows else np.zeros((0, embedder.dim), np.float32)
 
 
 @dataclass

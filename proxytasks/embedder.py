@@ -22,13 +22,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
+from .defaults import DEFAULT_BACKBONE
 from .errors import ProxytasksError
 from .fileio import atomic_write
 from .models import create_backbone, data_config
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("identity", "linear", "mlp")
+PROJECTION_HEADS = ("identity", "linear", "mlp")  # what follows the trunk (naming heads: naming.py)
 DEFAULT_INPUT_SIZE = 128  # faces are small; 4x faster than 224 on CPU
 # Backbones trained on aligned face chips: their faces are aligned the same way
 # (proxytasks.align), and they keep their own input size.
@@ -62,7 +63,7 @@ def make_head(kind: str, in_dim: int, dim: int) -> nn.Module:
         return nn.Linear(in_dim, dim, bias=False)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-    raise ProxytasksError(f"unknown head {kind!r}; use one of {', '.join(HEADS)}")
+    raise ProxytasksError(f"unknown head {kind!r}; use one of {', '.join(PROJECTION_HEADS)}")
 
 
 class Embedder(nn.Module):
@@ -200,7 +201,7 @@ class Embedder(nn.Module):
         return model.eval()
 
 
-def create_embedder(backbone: str = "tf_efficientnet_lite0", weights: str | None = None, dim: int = 128,
+def create_embedder(backbone: str = DEFAULT_BACKBONE, weights: str | None = None, dim: int = 128,
                     head: str = "linear", input_size: int | None = DEFAULT_INPUT_SIZE,
                     unlocked_stages: int = 0) -> Embedder:
     """A pretrained trunk (weights resolved offline) with a fresh head, locked but for

@@ -1,9 +1,11 @@
 """Siamese training on rule pairs, within a time budget, with model selection without labels.
 
 The trunk is pretrained and, by default, frozen: its features are computed once for
-a few views of every face (plain, mirrored, augmented) and cached in the run folder,
-and a projection head is trained on them with a pair loss. On 2 CPU cores this turns
-minutes of backbone passes per epoch into milliseconds per step.
+a few views of every face (plain, mirrored, augmented) and cached in the run folder
+(:mod:`proxytasks.features`), and a projection head is trained on them with a pair
+loss. On 2 CPU cores this turns minutes of backbone passes per epoch into milliseconds
+per step. When a time budget cannot cache every face, a subsample of whole tracks (with
+the tracks that share their frames) is cached and trained on, and the run says so.
 
 Batches hold several faces of several must-link groups (tracks) plus faces of the
 groups cannot-linked to them (co-occurring tracks); positives are faces of one group,
@@ -16,51 +18,60 @@ held out; the embedding is scored by the ROC-AUC separating their must-link from
 cannot-link pairs. The frozen pretrained features, a KISSME linear metric fitted in one
 step, and the trained head's checkpoints compete on that score; the best one is saved.
 
+:func:`train` runs in phases: prepare (checks, device, model, resumed state), features
+(cached within the budget), constraints and batches, candidates (pretrained, KISSME),
+fit (the budgeted step loop of :mod:`proxytasks.loop`; validation a few times per run,
+checkpoints of :mod:`proxytasks.checkpoint` every :data:`CHECKPOINT_SECONDS`), select
+and save. The time budget counts from ``started`` (the command's start) and a resumed
+run continues the budget of the run it resumes.
+
 Under ``torchrun`` the processes share the work (:mod:`proxytasks.distributed`): the
 trunk features by blocks of faces, each step's loss terms by pairs (DDP sums the
 gradients), with the same result as one process; rank 0 writes every file. On CUDA the
-loop runs on the GPU, the head in bf16 autocast where supported, batches copied from
-pinned memory without blocking.
+loop runs on the GPU, the head in bf16 autocast where supported.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from tqdm.auto import tqdm
 
 from . import distributed
-from .embed import trunk_features
+from .checkpoint import read_checkpoint, restore, save_checkpoint
+from .defaults import DEFAULT_BACKBONE
 from .embedder import Embedder, create_embedder
 from .errors import ProxytasksError
+from .features import CACHE_NAME, FeatureCache, cache_features, cache_features_ranks, cache_order, feature_key
 from .fileio import atomic_write
+from .loop import Budget, Every, StepLoop
 from .manifest import Manifest
-from .pairs import PairSet, ids_digest
+from .pairs import PairSet
+from .vectors import components, l2_normalize
 
 logger = logging.getLogger(__name__)
 
-FEATURE_SHARE = 0.5  # at most this share of a time budget on caching views after the first two
+FEATURE_SHARE = 0.5  # at most this share of a time budget on caching trunk features
 LR_SCHEDULES = ("constant", "cosine")
-CHECKPOINT_VERSION = 1  # of the "header" in checkpoint.pt
+EVALS = 8  # validations per run when eval_every is not given
+CHECKPOINT_SECONDS = 30.0  # at most this long between checkpoints (and one at the end)
+MIN_STEPS = 10  # a budgeted run trains at least this many steps, however short its budget
+RESERVE = 1.0  # seconds a budgeted loop keeps for selecting and saving, beyond a validation
 
 
 @dataclass
 class TrainConfig:
     """Training options; field names equal the ``proxytasks train`` option names."""
 
-    backbone: str = "tf_efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     head: str = "linear"
     dim: int = 128
@@ -77,7 +88,7 @@ class TrainConfig:
     steps: int | None = None
     epochs: float | None = None
     time_budget: float | None = None
-    eval_every: int = 50
+    eval_every: int | None = None  # steps between validations; None: EVALS per run (by time under a budget)
     holdout: float = 0.2
     seed: int = 0
     device: str = "auto"
@@ -96,14 +107,14 @@ class Constraints:
 
     @classmethod
     def from_pairs(cls, pairs: PairSet, mask: np.ndarray | None = None) -> "Constraints":
+        """Groups and cannot-links of ``pairs`` (of the pairs within ``mask`` when given)."""
         i, j, label, w = pairs.unique()
         if mask is not None:
             keep = mask[i] & mask[j]
             i, j, label, w = i[keep], j[keep], label[keep], w[keep]
         n = pairs.n_faces
         same = label == 1
-        graph = coo_matrix((np.ones(same.sum()), (i[same], j[same])), shape=(n, n))
-        _, group = connected_components(graph, directed=False)
+        group = components(n, i[same], j[same])
         ga, gb = group[i[~same]], group[j[~same]]
         ok = ga != gb
         g = np.sort(np.stack([ga[ok], gb[ok]], 1), axis=1)
@@ -111,9 +122,10 @@ class Constraints:
         uniq, first = np.unique(key, return_index=True)
         wmax = np.zeros(len(uniq), np.float32)
         np.maximum.at(wmax, np.searchsorted(uniq, key), w[~same][ok])
-        return cls(group.astype(np.int64), g[first], wmax)
+        return cls(group, g[first], wmax)
 
     def cannot_keys(self) -> np.ndarray:
+        """Sorted ``a * n + b`` keys of the cannot-linked group pairs."""
         n = len(self.group)
         return np.sort(self.cannot[:, 0] * n + self.cannot[:, 1])
 
@@ -155,7 +167,11 @@ def score_vectors(vectors: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> floa
 
 # --------------------------------------------------------------------------- batches
 class GroupBatcher:
-    """Batches of faces of several groups plus faces of groups cannot-linked to them."""
+    """Batches of faces of several groups plus faces of groups cannot-linked to them.
+
+    Sampling is vectorised (a handful of numpy calls a batch) and depends only on the
+    seed and the step, so a resumed run sees the batches of an uninterrupted one.
+    """
 
     def __init__(self, cons: Constraints, train: np.ndarray, n_views: int, cfg: TrainConfig) -> None:
         self.cfg, self.n_views = cfg, n_views
@@ -164,16 +180,19 @@ class GroupBatcher:
         order = np.argsort(g, kind="stable")
         self.faces = faces[order]
         gs = g[order]
-        self.starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+        self.starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if len(gs) else np.zeros(0, np.int64)
         self.sizes = np.diff(np.r_[self.starts, len(gs)])
         self.group_ids = gs[self.starts]
-        pos = {gid: k for k, gid in enumerate(self.group_ids.tolist())}
-        self.neighbours: list[list[int]] = [[] for _ in self.group_ids]
-        for a, b in cons.cannot.tolist():
-            if a in pos and b in pos:
-                self.neighbours[pos[a]].append(pos[b])
-                self.neighbours[pos[b]].append(pos[a])
-        self.with_neg = np.array([k for k, nb in enumerate(self.neighbours) if nb])
+        pos = np.full(len(cons.group) + 1, -1, dtype=np.int64)
+        pos[self.group_ids] = np.arange(len(self.group_ids))
+        a, b = (pos[cons.cannot[:, 0]], pos[cons.cannot[:, 1]]) if len(cons.cannot) else (np.zeros(0, int),) * 2
+        ok = (a >= 0) & (b >= 0)
+        src, dst = np.r_[a[ok], b[ok]], np.r_[b[ok], a[ok]]
+        by = np.argsort(src, kind="stable")
+        self.nb_idx = dst[by]  # neighbours of group k: nb_idx[nb_ptr[k]:nb_ptr[k + 1]] (CSR)
+        self.nb_ptr = np.r_[0, np.cumsum(np.bincount(src, minlength=len(self.group_ids)))].astype(np.int64)
+        deg = np.diff(self.nb_ptr)
+        self.with_neg = np.flatnonzero(deg > 0)
         usable = (self.sizes >= 2) | (n_views >= 2)
         self.anchors = self.with_neg[usable[self.with_neg]] if len(self.with_neg) else np.flatnonzero(usable)
         if not len(self.anchors):
@@ -182,83 +201,209 @@ class GroupBatcher:
         self.keys = cons.cannot_keys()
         self.n = len(cons.group)
         self.group = cons.group
+        self._triu: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _faces(self, k: int, rng: np.random.Generator) -> np.ndarray:
-        s, size = self.starts[k], self.sizes[k]
-        return self.faces[s + rng.integers(0, size, self.cfg.faces_per_group)]
+    def neighbours(self, k: int) -> np.ndarray:
+        """The groups (positions) cannot-linked to group position ``k``."""
+        return self.nb_idx[self.nb_ptr[k]:self.nb_ptr[k + 1]]
+
+    def _negatives(self, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Up to ``negative_groups`` distinct neighbours of each chosen group, drawn at random."""
+        deg = self.nb_ptr[chosen + 1] - self.nb_ptr[chosen]
+        total = int(deg.sum())
+        if not total:
+            return np.zeros(0, np.int64)
+        owner = np.repeat(np.arange(len(chosen)), deg)
+        first = np.repeat(np.cumsum(deg) - deg, deg)
+        entry = np.repeat(self.nb_ptr[chosen], deg) + np.arange(total) - first
+        order = np.lexsort((rng.random(total), owner))
+        rank = np.arange(total) - first  # owner-sorted entries keep their owner's block
+        return self.nb_idx[entry[order][rank < self.cfg.negative_groups]]
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, ...]]:
         """(faces, views, indices tuple) of one batch; the same for the same step."""
-        rng = np.random.default_rng([self.cfg.seed, step])
-        chosen = rng.choice(self.anchors, min(self.cfg.groups_per_batch, len(self.anchors)), replace=False)
-        groups = list(chosen)
-        for k in chosen:
-            nb = self.neighbours[k]
-            if nb:
-                groups.extend(rng.choice(nb, min(self.cfg.negative_groups, len(nb)), replace=False))
-        faces = np.concatenate([self._faces(k, rng) for k in dict.fromkeys(groups)])
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, step])
+        chosen = rng.choice(self.anchors, min(cfg.groups_per_batch, len(self.anchors)), replace=False)
+        groups = np.r_[chosen, self._negatives(chosen, rng)]
+        _, first = np.unique(groups, return_index=True)
+        groups = groups[np.sort(first)]
+        pick = (rng.random((len(groups), cfg.faces_per_group)) * self.sizes[groups][:, None]).astype(np.int64)
+        faces = self.faces[(self.starts[groups][:, None] + pick).reshape(-1)]
         views = rng.integers(0, self.n_views, len(faces))
-        g = self.group[faces]
-        a, b = np.triu_indices(len(faces), 1)
-        same = (g[a] == g[b]) & ((faces[a] != faces[b]) | (views[a] != views[b]))
-        lo, hi = np.minimum(g[a], g[b]), np.maximum(g[a], g[b])
-        key = lo * self.n + hi
-        pos = np.minimum(np.searchsorted(self.keys, key), max(len(self.keys) - 1, 0))
-        diff = self.keys[pos] == key if len(self.keys) else np.zeros(len(key), dtype=bool)
-        t = lambda x: torch.from_numpy(x.astype(np.int64))  # noqa: E731
-        return faces, views, (t(a[same]), t(b[same]), t(a[diff]), t(b[diff]))
+        return faces, views, tuple(torch.from_numpy(x) for x in self._pairs(groups, faces, views))
+
+    def _triangle(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if n not in self._triu:
+            self._triu[n] = np.triu_indices(n, 1)
+        return self._triu[n]
+
+    def _pairs(self, groups: np.ndarray, faces: np.ndarray, views: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Positive (same group, not the same face under the same view) and negative
+        (cannot-linked groups) position pairs of a batch made of one block of
+        ``faces_per_group`` faces per distinct group, worked out block by block: ``(a1, p, a2, n)``."""
+        k = self.cfg.faces_per_group
+        ia, ib = self._triangle(k)
+        base = np.arange(len(groups))[:, None] * k
+        pa, pb = (base + ia).reshape(-1), (base + ib).reshape(-1)
+        keep = (faces[pa] != faces[pb]) | (views[pa] != views[pb])
+        pa, pb = pa[keep], pb[keep]
+        ba, bb = self._triangle(len(groups))
+        gid = self.group_ids[groups]
+        key = np.minimum(gid[ba], gid[bb]) * self.n + np.maximum(gid[ba], gid[bb])
+        if len(self.keys) and len(key):
+            at = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+            hit = self.keys[at] == key
+        else:
+            hit = np.zeros(len(key), dtype=bool)
+        fa, fb = np.divmod(np.arange(k * k), k)
+        na = (ba[hit][:, None] * k + fa).reshape(-1)
+        nb = (bb[hit][:, None] * k + fb).reshape(-1)
+        return pa.astype(np.int64), pb.astype(np.int64), na.astype(np.int64), nb.astype(np.int64)
 
 
-# --------------------------------------------------------------------------- training
-def _cached_features(path: Path, key: dict[str, Any]) -> np.ndarray | None:
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if json.loads(str(z["key"])) == key:
-                    logger.info("reusing cached trunk features from %s", path)
-                    return z["features"]
-        except (OSError, ValueError, KeyError):
-            logger.warning("ignoring unreadable feature cache %s", path)
-    return None
+# --------------------------------------------------------------------------- phases
+@dataclass
+class _Run:
+    """What the phases of one :func:`train` call share."""
+
+    cfg: TrainConfig
+    folder: Path
+    manifest: Manifest
+    pairs: PairSet
+    ctx: distributed.Context
+    device: str
+    embedder: Embedder
+    budget: Budget
+    progress: bool
+    resumed: dict[str, Any] | None = None
+    cache: FeatureCache | None = None
+    cache_info: dict[str, Any] = field(default_factory=dict)
 
 
-def _features(embedder: Embedder, manifest: Manifest, cfg: TrainConfig, run: Path, device: str,
-              progress: bool, start: float, ctx: distributed.Context | None = None) -> np.ndarray:
-    """Trunk features for every view, cached in the run folder (float16).
+def _prepare(manifest: Manifest, pairs: PairSet, run: Path, cfg: TrainConfig, resume: bool, progress: bool,
+             started: float | None) -> _Run:
+    """Check the options, pick the device, build the model, read the checkpoint to resume."""
+    from .models import select_device
 
-    Views after the first two (two views of one face are the positive pair of a photo
-    collection) are left out when computing one more would take the run past
-    :data:`FEATURE_SHARE` of its time budget (counted from ``start``), so that a short
-    budget still leaves time to train; the array holds the views computed. Under
-    ``torchrun`` each rank computes its block of faces; rank 0 reads and writes the cache
-    and decides the views.
-    """
-    ctx = ctx or distributed.Context()
-    key = {"backbone": cfg.backbone, "weights": cfg.weights, "input_size": cfg.input_size,
-           "views": list(cfg.views), "seed": cfg.seed, "ids": ids_digest([f.id for f in manifest.faces])}
-    path = run / "features.npz"
-    cached = distributed.broadcast(_cached_features(path, key) if ctx.main else None, ctx)
-    if cached is not None:
-        return cached.astype(np.float32)
-    mine = distributed.block(len(manifest), ctx)
-    part = manifest if not ctx.active else Manifest([manifest.faces[i] for i in mine], manifest.root)
-    done: list[np.ndarray] = []
-    began = time.perf_counter()
-    for view in cfg.views:
-        per_view = (time.perf_counter() - began) / max(len(done), 1)
-        if distributed.broadcast(len(done) >= 2 and cfg.time_budget is not None and
-                                 time.perf_counter() - start + per_view > FEATURE_SHARE * cfg.time_budget, ctx):
-            logger.warning("time budget: trunk features of %d of %d views cached (%s); more views need a "
-                           "larger --time-budget", len(done), len(cfg.views), ", ".join(cfg.views[:len(done)]))
-            break
-        rows = trunk_features(embedder, part, (view,), cfg.batch_size, cfg.workers, cfg.seed, progress, device,
-                              first=int(mine[0]) if len(mine) else 0)[0].astype(np.float16)
-        done.append(distributed.gather_rows(rows, ctx))
-    feats = np.stack(done)
+    start = time.perf_counter() if started is None else started
+    if pairs.n_faces != len(manifest):
+        raise ProxytasksError(f"the pairs index {pairs.n_faces} faces but the manifest holds {len(manifest)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ProxytasksError(f"unknown learning-rate schedule {cfg.lr_schedule!r}: choose one of "
+                              f"{', '.join(LR_SCHEDULES)}")
+    if cfg.lr_schedule == "cosine" and cfg.steps is None and cfg.epochs is None:
+        raise ProxytasksError("the cosine learning-rate schedule needs --steps or --epochs (where it ends)")
+    if cfg.eval_every is not None and cfg.eval_every < 1:
+        raise ProxytasksError(f"eval_every must be at least 1, got {cfg.eval_every}")
+    torch.manual_seed(cfg.seed)
+    device = str(select_device(cfg.device))
+    ctx = distributed.context(device)
+    device = distributed.local_device(device, ctx)
     if ctx.main:
-        with atomic_write(path, "wb", gz=False) as fh:
-            np.savez(fh, features=feats, key=np.array(json.dumps(key)))
-    return feats.astype(np.float32)  # as a resumed run reads them back
+        run.mkdir(parents=True, exist_ok=True)
+    embedder = create_embedder(cfg.backbone, cfg.weights, cfg.dim, cfg.head, cfg.input_size)
+    ckpt = run / "checkpoint.pt"
+    state = distributed.broadcast(read_checkpoint(ckpt, embedder) if ctx.main and resume and ckpt.is_file()
+                                  else None, ctx)
+    spent = float(state.get("spent", 0.0)) if state is not None else 0.0
+    budget = Budget(cfg.time_budget, start, spent)
+    if state is not None and cfg.time_budget is not None:
+        left = cfg.time_budget - spent
+        logger.info("resuming: %.0f s of the %.0f s budget were spent, %.0f s are left", spent, cfg.time_budget,
+                    max(left, 0))
+        if left <= 0:
+            logger.warning("time budget: the run being resumed already spent its %.0f s budget; no step is added. "
+                           "Give a larger --time-budget (the whole run's) to train more", cfg.time_budget)
+    return _Run(cfg, run, manifest, pairs, ctx, device, embedder, budget, progress and ctx.main, state)
+
+
+def _features(r: _Run, features: np.ndarray | None) -> None:
+    """The trunk features of the views, cached within :data:`FEATURE_SHARE` of the budget
+    (a subsample of whole tracks when every face does not fit), or the given ones."""
+    cfg, manifest = r.cfg, r.manifest
+    if features is not None:
+        feats = np.asarray(features, dtype=np.float32)
+        if feats.ndim != 3 or feats.shape[1:] != (len(manifest), r.embedder.in_dim) or \
+                not 1 <= len(feats) <= len(cfg.views):
+            raise ProxytasksError(f"features of shape {feats.shape} given for {len(manifest)} faces of "
+                                  f"{cfg.backbone} (trunk width {r.embedder.in_dim}, up to {len(cfg.views)} views)")
+        r.cache = FeatureCache(feats, np.arange(len(manifest)), len(manifest))
+        r.cache_info = {"faces": len(manifest), "of": len(manifest), "views": len(feats), "subsample": False,
+                        "computed": 0, "seconds": 0.0}
+        return
+    key = feature_key(cfg.backbone, cfg.weights, cfg.input_size, cfg.views, cfg.seed, [f.id for f in manifest.faces])
+    deadline = r.budget.point(FEATURE_SHARE)
+    common = dict(deadline=deadline, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
+                  progress=r.progress, device=r.device)
+    if r.ctx.active:
+        r.cache, r.cache_info = cache_features_ranks(r.embedder, manifest, cfg.views, r.folder / CACHE_NAME, key,
+                                                     r.ctx, **common)
+    else:
+        cons = Constraints.from_pairs(r.pairs)
+        r.cache, r.cache_info = cache_features(r.embedder, manifest, cfg.views, r.folder / CACHE_NAME, key,
+                                               cache_order(cons.group, cons.cannot, cfg.seed), **common)
+    r.embedder.to("cpu")
+
+
+@dataclass
+class _Data:
+    """The faces trained on (the cached ones), their splits, pairs and batches."""
+
+    feats: np.ndarray  # (views, faces, in_dim)
+    vpos: np.ndarray
+    vneg: np.ndarray
+    tpos: np.ndarray
+    tneg: np.ndarray
+    batcher: GroupBatcher
+    loss_name: str
+    n_pairs: int
+
+
+def _constraints(r: _Run) -> _Data:
+    """Held-out split, must-link groups and cannot-links, the batcher and the loss."""
+    manifest, pairs = r.manifest, r.pairs
+    if not r.cache.complete:
+        faces = r.cache.faces
+        manifest = Manifest([manifest.faces[i] for i in faces], manifest.root)
+        pairs = pairs.restrict(faces, [f.id for f in manifest.faces])
+    val = holdout_mask(manifest, r.cfg.holdout, r.cfg.seed)
+    cons = Constraints.from_pairs(pairs, ~val)
+    vpos, vneg = pairs_within(pairs, val)
+    tpos, tneg = pairs_within(pairs, ~val)
+    batcher = GroupBatcher(cons, ~val, r.cache.views, r.cfg)
+    loss_name = r.cfg.loss if r.cfg.loss != "auto" else ("track-supcon" if len(cons.cannot) else "ntxent")
+    return _Data(r.cache.features, vpos, vneg, tpos, tneg, batcher, loss_name, len(pairs))
+
+
+class _Validator:
+    """Scores heads on the held-out pairs, embedding only the faces those pairs hold."""
+
+    def __init__(self, plain: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> None:
+        faces, inv = np.unique(np.r_[pos.reshape(-1), neg.reshape(-1)], return_inverse=True)
+        self.plain = np.ascontiguousarray(plain[faces])
+        self.pos, self.neg = inv[:pos.size].reshape(-1, 2), inv[pos.size:].reshape(-1, 2)
+
+    def vectors(self, vectors: np.ndarray) -> float | None:
+        """The score of ready vectors of these faces."""
+        return score_vectors(vectors, self.pos, self.neg)
+
+    def __call__(self, embedder: Embedder) -> float | None:
+        from .features import head_vectors
+
+        return score_vectors(head_vectors(embedder, self.plain), self.pos, self.neg)
+
+
+def _candidates(r: _Run, d: _Data, score: _Validator) -> dict[str, dict[str, Any]]:
+    """The pretrained features and, with ``init="kissme"``, the KISSME start (then the head's)."""
+    plain = d.feats[0]
+    candidates: dict[str, dict[str, Any]] = {"pretrained": {"score": score.vectors(l2_normalize(score.plain))}}
+    L = _init_head(r.embedder, plain, (d.tpos, d.tneg), r.cfg) if r.cfg.init == "kissme" else None
+    if L is not None and r.cfg.head == "linear":
+        with torch.no_grad():
+            r.embedder.head.weight.copy_(torch.from_numpy(L))
+        candidates["kissme"] = {"score": score(r.embedder), "state": copy.deepcopy(r.embedder.head.state_dict())}
+    return candidates
 
 
 def _init_head(embedder: Embedder, feats: np.ndarray, cons_pairs: tuple, cfg: TrainConfig) -> np.ndarray | None:
@@ -274,142 +419,96 @@ def _init_head(embedder: Embedder, feats: np.ndarray, cons_pairs: tuple, cfg: Tr
     return L.astype(np.float32)
 
 
-def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: TrainConfig | None = None,
-          resume: bool = False, progress: bool = True, features: np.ndarray | None = None) -> dict[str, Any]:
-    """Train an embedder on rule pairs; writes the run folder and returns its summary.
+def _schedule(cfg: TrainConfig, total: int | None, budget: Budget) -> Every:
+    """When to validate: every ``eval_every`` steps; else :data:`EVALS` times per run (by
+    steps when their number is known, by seconds under a budget)."""
+    if cfg.eval_every is not None:
+        return Every(steps=cfg.eval_every)
+    if total is not None:
+        return Every(steps=max(1, -(-total // EVALS)))
+    return Every(seconds=max((budget.left() or 0.0) / EVALS, 0.5))
 
-    The time budget covers everything from the call on (feature caching included); the
-    loop stops before a step would overrun it, then selects and saves the model.
-    ``features``: the trunk features of ``cfg.views`` for the faces of ``manifest``
-    (shape (views, faces, trunk width), computed by the caller, e.g. shared by the
-    configurations of a budget sweep); they are neither computed nor cached here.
-    Under ``torchrun`` every rank calls it with the same arguments (see the module
-    docstring); only rank 0 writes the run folder.
-    """
+
+def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
+    """The budgeted step loop; returns the best head, the log and what the loop did."""
     from .losses import make_loss
-    from .models import autocast, select_device, to_device
+    from .models import autocast, to_device
 
-    cfg = cfg or TrainConfig()
-    start = time.perf_counter()
-    run = Path(run)
-    if pairs.n_faces != len(manifest):
-        raise ProxytasksError(f"the pairs index {pairs.n_faces} faces but the manifest holds {len(manifest)}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ProxytasksError(f"unknown learning-rate schedule {cfg.lr_schedule!r}: choose one of "
-                              f"{', '.join(LR_SCHEDULES)}")
-    if cfg.lr_schedule == "cosine" and cfg.steps is None and cfg.epochs is None:
-        raise ProxytasksError("the cosine learning-rate schedule needs --steps or --epochs (where it ends)")
-    torch.manual_seed(cfg.seed)
-    device = str(select_device(cfg.device))
-    ctx = distributed.context(device)
-    device = distributed.local_device(device, ctx)
-    progress = progress and ctx.main
-    if ctx.main:
-        run.mkdir(parents=True, exist_ok=True)
-    embedder = create_embedder(cfg.backbone, cfg.weights, cfg.dim, cfg.head, cfg.input_size)
-    if features is None:
-        feats = _features(embedder, manifest, cfg, run, device, progress, start, ctx)
-        spent = time.perf_counter() - start
-        if cfg.time_budget is not None and spent + 1.0 > cfg.time_budget:
-            logger.warning("time budget: caching the trunk features took %.0f s of the %.0f s budget, so no "
-                           "training step fits; the model is the better of the pretrained features and the "
-                           "KISSME start. Rerun into the same folder (the cache is reused) with --time-budget "
-                           "above %.0f s", spent, cfg.time_budget, spent + 60)
-    else:
-        feats = np.asarray(features, dtype=np.float32)
-        if feats.ndim != 3 or feats.shape[1:] != (len(manifest), embedder.in_dim) or not 1 <= len(feats) <= len(cfg.views):
-            raise ProxytasksError(f"features of shape {feats.shape} given for {len(manifest)} faces of "
-                                  f"{cfg.backbone} (trunk width {embedder.in_dim}, up to {len(cfg.views)} views)")
-    embedder.to("cpu")
-    val = holdout_mask(manifest, cfg.holdout, cfg.seed)
-    cons = Constraints.from_pairs(pairs, ~val)
-    vpos, vneg = pairs_within(pairs, val)
-    tpos, tneg = pairs_within(pairs, ~val)
-    batcher = GroupBatcher(cons, ~val, len(feats), cfg)
-    loss_name = cfg.loss if cfg.loss != "auto" else ("track-supcon" if len(cons.cannot) else "ntxent")
-    loss_fn = make_loss(loss_name)
-    plain = feats[0]
-    candidates: dict[str, dict[str, Any]] = {}
-    pre = plain / np.linalg.norm(plain, axis=1, keepdims=True)
-    candidates["pretrained"] = {"score": score_vectors(pre, vpos, vneg)}
-    L = _init_head(embedder, plain, (tpos, tneg), cfg) if cfg.init == "kissme" else None
-    if L is not None and cfg.head == "linear":
-        with torch.no_grad():
-            embedder.head.weight.copy_(torch.from_numpy(L))
-        candidates["kissme"] = {"score": _score(embedder, plain, vpos, vneg),
-                                "state": copy.deepcopy(embedder.head.state_dict())}
+    cfg, ctx, embedder, device = r.cfg, r.ctx, r.embedder, r.device
     embedder.head.to(device)
     opt = torch.optim.AdamW([p for p in embedder.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     step, log = 0, []
     best: dict[str, Any] = {"score": None, "state": None, "step": 0}
-    ckpt = run / "checkpoint.pt"
-    state = distributed.broadcast(_read_checkpoint(ckpt, embedder) if ctx.main and resume and ckpt.is_file()
-                                  else None, ctx)
-    if state is not None:
-        try:
-            embedder.head.load_state_dict(state["head"])
-            opt.load_state_dict(state["optimizer"])
-        except Exception as e:  # a head or optimizer that does not fit, despite the header
-            raise ProxytasksError(f"{ckpt}: cannot resume from this checkpoint ({type(e).__name__}: "
-                                  f"{str(e)[:200]}); delete it to start afresh") from None
-        step = int(state["step"])
-        log = json.loads(state["log"])
-        if "best_head" in state:
-            best = {"score": state["best_score"] if state["best_score"] >= 0 else None,
-                    "state": state["best_head"], "step": int(state["best_step"])}
+    ckpt = r.folder / "checkpoint.pt"
+    if r.resumed is not None:
+        place = restore(r.resumed, embedder, opt, ckpt)
+        step, log, best = place["step"], place["log"], place["best"]
         logger.info("resumed from %s at step %d", ckpt, step)
-    total = _total_steps(cfg, batcher)
-    feats_t = torch.from_numpy(feats)
+    total = _total_steps(cfg, d.batcher)
+    loss_fn = make_loss(d.loss_name)
+    feats_t = torch.from_numpy(d.feats)
     head = embedder.head
     if ctx.active:  # gradients summed over the ranks (each scales its share of the loss by world)
         from torch.nn.parallel import DistributedDataParallel
 
         head = DistributedDataParallel(head, device_ids=[torch.device(device).index] if "cuda" in device else None)
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress)
-    step_time, seen_pairs, stopped, shown = 0.0, 0, "steps", None
+    validate, saved, saved_step = _schedule(cfg, total, r.budget), time.perf_counter(), -1
+    agree = (lambda flag: distributed.any_rank(flag, ctx)) if ctx.active else None
+    loop = StepLoop(total, r.budget.deadline, step, MIN_STEPS if cfg.time_budget is not None else 0,
+                    RESERVE, "train", r.progress, agree)
+    seen_pairs, shown, last, began = 0, None, None, time.perf_counter()
     embedder.train()
-    while total is None or step < total:
-        elapsed = time.perf_counter() - start
-        if distributed.any_rank(cfg.time_budget is not None and elapsed + 2 * step_time + 1.0 > cfg.time_budget,
-                                ctx):
-            stopped = "time budget"
-            break
-        t0 = time.perf_counter()
+    for step in loop:
         if cfg.lr_schedule == "cosine":
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-        faces, views, tup = batcher.batch(step)
+        faces, views, tup = d.batcher.batch(step)
         x = to_device(feats_t[torch.from_numpy(views), torch.from_numpy(faces)], device)
         with autocast(device):
             out = head(x)
         emb = torch.nn.functional.normalize(out.float(), dim=-1)  # as Embedder.embed_features
-        loss = loss_fn(emb, tuple(to_device(t, device) for t in tup), shard=ctx.shard)
+        last = loss_fn(emb, tuple(to_device(t, device) for t in tup), shard=ctx.shard)
         opt.zero_grad(set_to_none=True)
-        (loss * ctx.world).backward()
+        (last * ctx.world).backward()
         opt.step()
-        step += 1
         seen_pairs += len(tup[0]) + len(tup[2])
-        step_time = 0.9 * step_time + 0.1 * (time.perf_counter() - t0) if step_time else time.perf_counter() - t0
-        if step % cfg.eval_every == 0 or step == total or not ctx.active:
-            shown = distributed.total(loss.item(), ctx)  # the whole batch's loss: the sum of the ranks' shares
-        if step % cfg.eval_every == 0 or step == total:
-            score = _score(embedder, plain, vpos, vneg)
-            log.append({"step": step, "loss": shown, "val_auc": score,
-                        "seconds": round(time.perf_counter() - start, 3)})
-            best = _keep_best(best, score, embedder, step)
-            if ctx.main:
-                _checkpoint(ckpt, embedder, opt, step, log, best)
+        done = step + 1
+        due = validate.due(done)
+        if done == total or (agree(due) if agree else due):
+            t0 = time.perf_counter()
+            shown = distributed.total(last.item(), ctx)  # the whole batch's loss: the sum of the ranks' shares
+            value = score(embedder)
+            log.append({"step": done, "loss": shown, "val_auc": value, "seconds": round(r.budget.spent(), 3)})
+            best = _keep_best(best, value, embedder, done)
+            if ctx.main and (done == total or time.perf_counter() - saved >= CHECKPOINT_SECONDS):
+                save_checkpoint(ckpt, embedder, opt, done, log, best, r.budget.spent())
+                saved, saved_step = time.perf_counter(), done
             embedder.train()
-        bar.set_postfix(loss="-" if shown is None else f"{shown:.4f}",
-                        pairs_s=f"{seen_pairs / max(time.perf_counter() - start, 1e-9):.0f}")
-        bar.update(1)
-    bar.close()
-    if best["state"] is None or step % cfg.eval_every:
-        best = _keep_best(best, _score(embedder, plain, vpos, vneg), embedder, step)
+            loop.reserve = RESERVE + (time.perf_counter() - t0)
+            loop.note(loss=f"{shown:.4f}", auc="-" if value is None else f"{value:.4f}",
+                      pairs_s=f"{seen_pairs / max(time.perf_counter() - began, 1e-9):.0f}")
+    step = loop.step
+    if not log or log[-1]["step"] != step:
+        value = score(embedder)
+        if last is not None:
+            shown = distributed.total(last.item(), ctx)
+            log.append({"step": step, "loss": shown, "val_auc": value, "seconds": round(r.budget.spent(), 3)})
+        best = _keep_best(best, value, embedder, step)
+    elif best["state"] is None:
+        best = _keep_best(best, score(embedder), embedder, step)
+    if ctx.main and step and saved_step != step:
+        save_checkpoint(ckpt, embedder, opt, step, log, best, r.budget.spent())
     embedder.to("cpu")
     best["state"] = {k: v.cpu() for k, v in best["state"].items()}
-    candidates["trained"] = best
+    return {"best": best, "log": log, "steps": step, "stopped": loop.stopped, "pairs_seen": seen_pairs}
+
+
+def _select_and_save(r: _Run, d: _Data, candidates: dict[str, dict[str, Any]], fit: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """Pick the best candidate, save it with the run's summary and log; returns the summary."""
+    cfg, embedder = r.cfg, r.embedder
+    candidates["trained"] = fit["best"]
     selected = _select(candidates)
     if selected == "pretrained":
         final = Embedder(embedder.trunk, cfg.backbone, "identity", input_size=cfg.input_size,
@@ -417,22 +516,58 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
     else:
         embedder.head.load_state_dict(candidates[selected]["state"])
         final = embedder
-    seconds = time.perf_counter() - start
-    summary = {"selected": selected, "loss": loss_name, "steps": step, "stopped": stopped,
-               "seconds": round(seconds, 3), "pairs": int(len(pairs)), "pairs_seen": seen_pairs,
-               "scores": {k: v["score"] for k, v in candidates.items()}, "best_step": best["step"],
-               "holdout_pairs": {"same": int(len(vpos)), "different": int(len(vneg))}}
-    if ctx.active:
-        summary["processes"] = ctx.world
+    summary = {"selected": selected, "loss": d.loss_name, "steps": fit["steps"], "stopped": fit["stopped"],
+               "seconds": round(time.perf_counter() - r.budget.start, 3), "pairs": int(len(r.pairs)),
+               "pairs_seen": fit["pairs_seen"], "scores": {k: v["score"] for k, v in candidates.items()},
+               "best_step": fit["best"]["step"],
+               "holdout_pairs": {"same": int(len(d.vpos)), "different": int(len(d.vneg))},
+               "features": r.cache_info}
+    if r.budget.seconds is not None:
+        summary["budget"] = {"seconds": r.budget.seconds, "spent_before": round(r.budget.spent_before, 3),
+                             "spent": round(r.budget.spent(), 3)}
+    if r.cache_info.get("subsample"):
+        summary["pairs_trained"] = d.n_pairs
+    if r.ctx.active:
+        summary["processes"] = r.ctx.world
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    if ctx.main:
-        final.save(run, extra={"train": summary, "options": options})
-        with atomic_write(run / "train_log.jsonl") as fh:
-            for row in log:
+    if r.ctx.main:
+        final.save(r.folder, extra={"train": summary, "options": options})
+        with atomic_write(r.folder / "train_log.jsonl") as fh:
+            for row in fit["log"]:
                 fh.write(json.dumps(row) + "\n")
-    distributed.finish(ctx)
-    logger.info("trained %d steps in %.1f s (%s); selected %s (validation AUC %s)", step, seconds,
-                stopped, selected, summary["scores"])
+    return summary
+
+
+def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: TrainConfig | None = None,
+          resume: bool = False, progress: bool = True, features: np.ndarray | None = None,
+          started: float | None = None) -> dict[str, Any]:
+    """Train an embedder on rule pairs; writes the run folder and returns its summary.
+
+    The time budget covers everything from ``started`` (a ``time.perf_counter()`` value,
+    e.g. :func:`proxytasks.loop.process_start` for a command; default: the call) on,
+    feature caching included; a resumed run gets what the run it resumes left of it. The
+    loop stops before a step would overrun it (after at least :data:`MIN_STEPS` steps),
+    then selects and saves the model. When caching every face would not fit in
+    :data:`FEATURE_SHARE` of the budget, a subsample of whole tracks (with the tracks
+    that share their frames) is cached and trained on; the summary's ``features`` says
+    how many faces. ``features``: the trunk features of ``cfg.views`` for the faces of
+    ``manifest`` (shape (views, faces, trunk width), computed by the caller, e.g. shared
+    by the configurations of a budget sweep); they are neither computed nor cached here.
+    Under ``torchrun`` every rank calls it with the same arguments (see the module
+    docstring); only rank 0 writes the run folder.
+    """
+    cfg = cfg or TrainConfig()
+    r = _prepare(manifest, pairs, Path(run), cfg, resume, progress, started)
+    _features(r, features)
+    d = _constraints(r)
+    score = _Validator(d.feats[0], d.vpos, d.vneg)
+    candidates = _candidates(r, d, score)
+    fit = _fit(r, d, score)
+    summary = _select_and_save(r, d, candidates, fit)
+    distributed.finish(r.ctx)
+    logger.info("trained %d steps in %.1f s (%s) on %d of %d faces; selected %s (validation AUC %s)",
+                fit["steps"], summary["seconds"], fit["stopped"], r.cache_info["faces"], len(manifest),
+                summary["selected"], summary["scores"])
     return summary
 
 
@@ -443,12 +578,6 @@ def _total_steps(cfg: TrainConfig, batcher: GroupBatcher) -> int | None:
         per_batch = cfg.groups_per_batch * cfg.faces_per_group * (1 + cfg.negative_groups)
         return max(1, int(cfg.epochs * len(batcher.faces) / per_batch))
     return None if cfg.time_budget is not None else 1000
-
-
-def _score(embedder: Embedder, plain: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float | None:
-    from .embed import head_vectors
-
-    return score_vectors(head_vectors(embedder, plain), pos, neg)
 
 
 def _keep_best(best: dict[str, Any], score: float | None, embedder: Embedder, step: int) -> dict[str, Any]:
@@ -464,78 +593,3 @@ def _select(candidates: dict[str, dict[str, Any]]) -> str:
     if not scored:
         return "trained"
     return max(scored, key=lambda k: (scored[k], k == "trained"))
-
-
-def _checkpoint(path: Path, embedder: Embedder, opt: torch.optim.Optimizer, step: int, log: list,
-                best: dict[str, Any]) -> None:
-    """Everything ``--resume`` needs, loadable with ``torch.load(weights_only=True)``, with a
-    ``header``: the model it fits and the sha256 of the rest (see :func:`_read_checkpoint`)."""
-    state = {"head": embedder.head.state_dict(), "optimizer": opt.state_dict(), "step": step,
-             "log": json.dumps(log), "best_head": best["state"],
-             "best_score": -1.0 if best["score"] is None else best["score"], "best_step": best["step"]}
-    state["header"] = {**_checkpoint_header(embedder), "sha256": _state_digest(state)}
-    with atomic_write(path, "wb", gz=False) as fh:
-        torch.save(state, fh)
-
-
-def _checkpoint_header(embedder: Embedder) -> dict[str, Any]:
-    """What a checkpoint's head and optimizer fit: the model being trained."""
-    return {"format_version": CHECKPOINT_VERSION, "backbone": embedder.backbone, "head": embedder.head_kind,
-            "in_dim": embedder.in_dim, "dim": embedder.dim}
-
-
-def _state_digest(state: Any) -> str:
-    """sha256 of a checkpoint's content: tensors by dtype, shape and bytes, containers in key order."""
-    h = hashlib.sha256()
-
-    def walk(x: Any) -> None:
-        if isinstance(x, torch.Tensor):
-            t = x.detach().cpu().contiguous().reshape(-1)
-            h.update(f"tensor {t.dtype} {tuple(x.shape)}:".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())
-        elif isinstance(x, dict):
-            h.update(b"{")
-            for k in sorted(x, key=repr):
-                h.update(repr(k).encode() + b":")
-                walk(x[k])
-            h.update(b"}")
-        elif isinstance(x, (list, tuple)):
-            h.update(b"[")
-            for v in x:
-                walk(v)
-            h.update(b"]")
-        else:
-            h.update(repr(x).encode() + b";")
-
-    walk(state)
-    return h.hexdigest()
-
-
-def _read_checkpoint(path: Path, embedder: Embedder) -> dict[str, Any]:
-    """The checkpoint at ``path``, checked against its header, and the header against ``embedder``.
-
-    Raises:
-        ProxytasksError: naming the file, when it cannot be read (truncated, pickled code ...),
-            has no header (an older proxytasks), fails its checksum, or fits another model.
-    """
-    afresh = "delete it to start afresh"
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:  # truncated file, pickled code ...
-        raise ProxytasksError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: "
-                              f"{str(e)[:200]}); {afresh}") from None
-    header = state.get("header") if isinstance(state, dict) else None
-    if not isinstance(header, dict) or header.get("format_version") != CHECKPOINT_VERSION:
-        raise ProxytasksError(f"{path}: cannot resume from this checkpoint: it has no header of format "
-                              f"{CHECKPOINT_VERSION} (written by an older proxytasks?); {afresh}")
-    if _state_digest({k: v for k, v in state.items() if k != "header"}) != header.get("sha256"):
-        raise ProxytasksError(f"{path}: cannot resume from this checkpoint: its content does not match the "
-                              f"sha256 in its header (corrupt or altered); {afresh}")
-    want = _checkpoint_header(embedder)
-    if any(header.get(k) != v for k, v in want.items()):
-        def describe(h: dict[str, Any]) -> str:
-            return f"{h.get('backbone')} with a {h.get('head')} head {h.get('in_dim')} -> {h.get('dim')}"
-
-        raise ProxytasksError(f"{path}: cannot resume: the checkpoint is of {describe(header)}, this run trains "
-                              f"{describe(want)}; resume with the options it was trained with, or {afresh}")
-    return state

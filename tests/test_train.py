@@ -1,5 +1,6 @@
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -145,8 +146,10 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, small_episode):
     folder = tmp_path / "budget"
     folder.mkdir()
     shutil.copy(small_episode[0] / "tracked.jsonl", folder / "unused.jsonl")
+    start = time.perf_counter()
     summary = train(manifest, pairs, folder, TrainConfig(dim=32, time_budget=3.0, steps=None), progress=False)
-    assert summary["stopped"] == "time budget"
+    assert time.perf_counter() - start <= 3.0 + 5  # the budget holds: max(1.1 B, B + 5 s)
+    assert summary["stopped"] == "time budget" and summary["steps"] >= 10
     assert summary["selected"] == _best_scored(summary["scores"])
     # the saved model is the selected one: the trunk's own features (width 1280) or the 32-wide head
     model = Embedder.load(folder)
@@ -154,19 +157,23 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, small_episode):
         assert model.head_kind == "identity" and model.dim == 1280
     else:
         assert model.head_kind == "linear" and model.dim == 32
-    # caching all three views would take the whole budget: the first two only are cached
+    # caching the third view would take the budget: the first two only are cached (of the faces cached)
+    cached = summary["features"]
     with np.load(folder / "features.npz", allow_pickle=False) as z:
-        assert z["features"].shape[:2] == (2, len(manifest))
+        assert z["features"].shape[:2] == (2, cached["faces"]) and cached["views"] == 2
+        assert len(z["faces"]) == cached["faces"] and int(z["n_faces"]) == len(manifest)
 
 
-def test_a_budget_spent_on_the_feature_cache_says_so(tmp_path, small_episode, caplog):
+def test_a_budget_too_short_for_the_cache_trains_a_subsample(tmp_path, small_episode, caplog):
     _, manifest, pairs = small_episode
-    with caplog.at_level("WARNING", logger="proxytasks.train"):
-        summary = train(manifest, pairs, tmp_path / "tiny", TrainConfig(dim=32, time_budget=0.5, steps=None),
-                        progress=False)
-    assert summary["steps"] == 0 and summary["stopped"] == "time budget"
+    with caplog.at_level("WARNING"):
+        summary = train(manifest, pairs, tmp_path / "tiny", TrainConfig(dim=32, time_budget=0.5, steps=None,
+                                                                        batch_size=16), progress=False)
+    assert summary["steps"] >= 10 and summary["stopped"] == "time budget"  # always some steps
+    cached = summary["features"]
+    assert cached["subsample"] and 16 <= cached["faces"] < len(manifest)
     assert (tmp_path / "tiny" / "model.safetensors").is_file()
-    assert "no training step fits" in caplog.text and "--time-budget above" in caplog.text
+    assert "subsample" in caplog.text and "--time-budget" in caplog.text
 
 
 def test_photos_without_pairs_train_self_supervised(tmp_path, small_episode):

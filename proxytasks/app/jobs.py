@@ -138,6 +138,7 @@ class Updater:
         from ..active import human_pairs
         from ..embed import embed_to_file
         from ..embedder import Embedder
+        from ..features import copy_cache
         from ..manifest import Manifest
         from ..pairs import PairSet
         from ..train import TrainConfig, train
@@ -155,8 +156,7 @@ class Updater:
                 saved = {}
             known = {f.name for f in dataclasses.fields(TrainConfig)} - {"time_budget", "steps", "epochs", "resume"}
             options = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
-            if (ws.sources.run / "features.npz").is_file():  # the trunk features, reused when they match
-                shutil.copy2(ws.sources.run / "features.npz", nxt / "features.npz")
+            copy_cache(ws.sources.run, nxt)  # the trunk features, reused when their key matches
         job.set(0.02, f"training for up to {budget:.0f} s with {len(ann.named)} named faces")
         manifest = Manifest.read(ws.sources.manifest)
         pairs = PairSet.load(ws.sources.pairs, face_ids=ws.ids).with_human(*human_pairs(ann))

@@ -1,4 +1,4 @@
-"""Three ways to train the two-module system trunk + embedding -> naming head.
+"""Fine-tuning strategies: three ways to train the two-module system trunk + embedding -> naming head.
 
 The naming head is :func:`proxytasks.naming.name_faces` (a cosine classifier fitted on
 the faces a person named, then propagation along tracks and clusters). What differs is
@@ -25,7 +25,6 @@ fine-tuning; their affine parameters train with the rest of the suffix.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -36,11 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .embedder import Embedder
 from .errors import ProxytasksError
+from .loop import StepLoop
 from .naming import SCALE
+from .vectors import l2_normalize
 
 if TYPE_CHECKING:
     from .embed import Embeddings
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("independent", "sequential", "global")
+FINETUNE_STRATEGIES = ("independent", "sequential", "global")  # how trunk, embedding and naming are trained
 SUPPORTED = "timm EfficientNet-family models (tf_efficientnet_lite0, mobilenetv2_100, efficientnet_b0, ...) " \
             "and dlib_resnet29"
 WEIGHT_DECAY = 1e-4  # on the suffix and the projection head (not on the cosine classifier)
@@ -96,7 +96,7 @@ def prefix_features(embedder: Embedder, manifest: "Manifest", views: Sequence[st
     Returns:
         Shape ``(len(views), N, C, H, W)``, float16 (computed in inference mode).
     """
-    from .embed import trunk_features
+    from .features import trunk_features
 
     prefix, _ = split_trunk(embedder.trunk)
     return trunk_features(embedder, manifest, views, batch_size, workers, seed, progress, device, module=prefix,
@@ -118,8 +118,7 @@ def suffix_vectors(embedder: Embedder, prefix_plain: np.ndarray, batch_size: int
 
 def pretrained_vectors(features_plain: np.ndarray) -> np.ndarray:
     """L2-normalised pooled trunk features (float32): the independent strategy's embedding."""
-    x = np.asarray(features_plain, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return l2_normalize(np.asarray(features_plain, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------- joint training
@@ -191,7 +190,7 @@ def fine_tune_global(embedder: Embedder, prefix: np.ndarray, pairs: "PairSet", n
         pairs: rule pairs (``pairs.n_faces == prefix.shape[1]``).
         named: face index -> the name a person gave.
         cfg: options; stops at ``cfg.steps`` or before a step would overrun the time
-            budget (the rule of :func:`proxytasks.train.train`).
+            budget (the stop rule of :class:`proxytasks.loop.StepLoop`).
         progress: show a progress bar.
 
     Returns:
@@ -252,25 +251,17 @@ def fine_tune_global(embedder: Embedder, prefix: np.ndarray, pairs: "PairSet", n
 
     with torch.no_grad():
         before = float(combined(0))
-    step, step_time, stopped, losses = 0, 0.0, "steps", []
-    bar = tqdm(total=cfg.steps, desc="global", unit="step", disable=not progress)
-    while cfg.steps is None or step < cfg.steps:
-        elapsed = time.perf_counter() - start
-        if cfg.time_budget is not None and elapsed + 2 * step_time + 1.0 > cfg.time_budget:
-            stopped = "time budget"
-            break
-        t0 = time.perf_counter()
+    losses: list[float] = []
+    loop = StepLoop(cfg.steps, None if cfg.time_budget is None else start + cfg.time_budget, desc="global",
+                    progress=progress)
+    for step in loop:
         loss = combined(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step += 1
         losses.append(loss.item())
-        took = time.perf_counter() - t0
-        step_time = 0.9 * step_time + 0.1 * took if step_time else took
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        bar.update(1)
-    bar.close()
+        loop.note(loss=f"{losses[-1]:.4f}")
+    step, stopped = loop.step, loop.stopped
     with torch.no_grad():
         after = float(combined(0))
     model.cpu().eval()
@@ -287,27 +278,6 @@ def fine_tune_global(embedder: Embedder, prefix: np.ndarray, pairs: "PairSet", n
 
 
 # --------------------------------------------------------------------------- naming
-def _cached_plain_features(run: Path, ids: Sequence[str], backbone: str | None) -> np.ndarray | None:
-    """The plain-view pooled features of ``RUN/features.npz`` when they are of the faces ``ids``."""
-    from .pairs import ids_digest
-
-    path = run / "features.npz"
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            key = json.loads(str(z["key"]))
-            views = list(key.get("views", []))
-            if key.get("ids") != ids_digest(list(ids)) or "plain" not in views or \
-                    (backbone is not None and key.get("backbone") != backbone):
-                return None
-            feats = z["features"][views.index("plain")]
-    except (OSError, ValueError, KeyError, IndexError, AttributeError):
-        logger.warning("ignoring unreadable feature cache %s", path)
-        return None
-    return feats.astype(np.float32) if feats.shape[0] == len(ids) else None
-
-
 def _check_manifest(manifest: "Manifest", ids: Sequence[str]) -> None:
     if [f.id for f in manifest.faces] != list(ids):
         raise ProxytasksError("the manifest does not hold the faces of the embeddings in order; give the "
@@ -326,8 +296,8 @@ def strategy_vectors(strategy: str, run: str | Path, embeddings: "Embeddings", m
     """
     from .models import select_device
 
-    if strategy not in STRATEGIES:
-        raise ProxytasksError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if strategy not in FINETUNE_STRATEGIES:
+        raise ProxytasksError(f"unknown strategy {strategy!r}; use one of {', '.join(FINETUNE_STRATEGIES)}")
     run, ids, cfg = Path(run), embeddings.ids, cfg or GlobalConfig()
     if strategy == "global":
         missing = [what for what, v in (("the rule pairs (--pairs)", pairs), ("the manifest (--manifest)", manifest))
@@ -340,18 +310,16 @@ def strategy_vectors(strategy: str, run: str | Path, embeddings: "Embeddings", m
     if strategy == "sequential":
         return embeddings.vectors, {"strategy": strategy, "vectors": "embeddings"}
     if strategy == "independent":
-        feats = _cached_plain_features(run, ids, embeddings.meta.get("backbone"))
-        if feats is not None:
-            return pretrained_vectors(feats), {"strategy": strategy, "vectors": str(run / "features.npz")}
-        if manifest is None:
-            raise ProxytasksError(f"strategy 'independent': {run / 'features.npz'} is missing or does not hold the "
-                                  "faces of the embeddings; give the manifest (--manifest) to compute the "
-                                  "pretrained features")
-        from .embed import trunk_features
+        from .features import CACHE_NAME, plain_features, run_cache
 
-        embedder = Embedder.load(run)
-        feats = trunk_features(embedder, manifest, ("plain",), seed=cfg.seed, progress=progress,
-                               device=str(select_device(cfg.device)))[0]
+        cache = run_cache(run, ids)
+        if cache is not None and cache.complete:
+            return pretrained_vectors(cache.features[0]), {"strategy": strategy, "vectors": str(run / CACHE_NAME)}
+        if manifest is None:
+            raise ProxytasksError(f"strategy 'independent': {run / CACHE_NAME} is missing, does not hold every "
+                                  "face of the embeddings or was made by another model; give the manifest "
+                                  "(--manifest) to compute the pretrained features")
+        feats = plain_features(run, manifest, progress=progress, device=str(select_device(cfg.device)))
         return pretrained_vectors(feats), {"strategy": strategy, "vectors": "trunk"}
     if pairs.n_faces != len(ids):
         raise ProxytasksError(f"the pairs index {pairs.n_faces} faces but the embeddings hold {len(ids)}")

@@ -12,7 +12,7 @@ from proxytasks.embed import head_vectors, trunk_features
 from proxytasks.embedder import create_embedder
 from proxytasks.errors import ProxytasksError
 from proxytasks.naming import name_faces
-from proxytasks.systems import (GlobalConfig, fine_tune_global, prefix_features, pretrained_vectors,
+from proxytasks.finetune import (GlobalConfig, fine_tune_global, prefix_features, pretrained_vectors,
                                 split_trunk, suffix_vectors)
 
 SIZE = 64  # small inputs keep the file fast; the cut is the same at any size
@@ -122,7 +122,7 @@ def test_fine_tune_global_time_budget_and_refusals(system):
 @pytest.fixture(scope="module")
 def run_folder(small_episode, tmp_path_factory):
     folder, manifest, _ = small_episode
-    out = tmp_path_factory.mktemp("systems")
+    out = tmp_path_factory.mktemp("finetune")
     tracked, pairs = folder / "tracked.jsonl", folder / "pairs.npz"
     res = invoke("train", tracked, pairs, "-o", out / "run", "--steps", 20, "--dim", 32, "--input-size", SIZE)
     assert res.exit_code == 0, res.output
