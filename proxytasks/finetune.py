@@ -201,7 +201,8 @@ def fine_tune_global(embedder: Embedder, prefix: np.ndarray, pairs: "PairSet", n
     """
     from .losses import make_loss
     from .models import autocast, select_device, to_device
-    from .train import Constraints, GroupBatcher, TrainConfig
+    from .batches import Constraints, GroupBatcher
+    from .train import TrainConfig
 
     cfg = cfg or GlobalConfig()
     start = time.perf_counter()

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from .batches import Constraints, GroupBatcher, Prefetcher  # noqa: F401  (re-exported)
 from .checkpoint import read_checkpoint, restore, save_checkpoint
 from .defaults import DEFAULT_BACKBONE
 from .embedder import Embedder, create_embedder
@@ -55,7 +56,7 @@ from .fileio import atomic_write
 from .loop import Budget, Every, StepLoop
 from .manifest import Manifest
 from .pairs import PairSet
-from .vectors import components, l2_normalize
+from .vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -96,40 +97,7 @@ class TrainConfig:
     batch_size: int = 64
 
 
-# --------------------------------------------------------------------------- constraints
-@dataclass
-class Constraints:
-    """Must-link groups (connected components of "same" pairs) and cannot-linked group pairs."""
-
-    group: np.ndarray  # group id per face
-    cannot: np.ndarray  # (M, 2) sorted group pairs, unique
-    weight: np.ndarray  # (M,) largest rule weight of each cannot-linked group pair
-
-    @classmethod
-    def from_pairs(cls, pairs: PairSet, mask: np.ndarray | None = None) -> "Constraints":
-        """Groups and cannot-links of ``pairs`` (of the pairs within ``mask`` when given)."""
-        i, j, label, w = pairs.unique()
-        if mask is not None:
-            keep = mask[i] & mask[j]
-            i, j, label, w = i[keep], j[keep], label[keep], w[keep]
-        n = pairs.n_faces
-        same = label == 1
-        group = components(n, i[same], j[same])
-        ga, gb = group[i[~same]], group[j[~same]]
-        ok = ga != gb
-        g = np.sort(np.stack([ga[ok], gb[ok]], 1), axis=1)
-        key = g[:, 0].astype(np.int64) * n + g[:, 1]
-        uniq, first = np.unique(key, return_index=True)
-        wmax = np.zeros(len(uniq), np.float32)
-        np.maximum.at(wmax, np.searchsorted(uniq, key), w[~same][ok])
-        return cls(group, g[first], wmax)
-
-    def cannot_keys(self) -> np.ndarray:
-        """Sorted ``a * n + b`` keys of the cannot-linked group pairs."""
-        n = len(self.group)
-        return np.sort(self.cannot[:, 0] * n + self.cannot[:, 1])
-
-
+# --------------------------------------------------------------------------- selection
 def holdout_mask(manifest: Manifest, fraction: float, seed: int, chunks: int = 10) -> np.ndarray:
     """True for held-out faces: ``fraction`` of the time chunks of each video, and of photos."""
     rng = np.random.default_rng(seed)
@@ -163,103 +131,6 @@ def score_vectors(vectors: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> floa
 
     sims = np.einsum("ij,ij->i", vectors[np.r_[pos[:, 0], neg[:, 0]]], vectors[np.r_[pos[:, 1], neg[:, 1]]])
     return roc_auc(sims, np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)])
-
-
-# --------------------------------------------------------------------------- batches
-class GroupBatcher:
-    """Batches of faces of several groups plus faces of groups cannot-linked to them.
-
-    Sampling is vectorised (a handful of numpy calls a batch) and depends only on the
-    seed and the step, so a resumed run sees the batches of an uninterrupted one.
-    """
-
-    def __init__(self, cons: Constraints, train: np.ndarray, n_views: int, cfg: TrainConfig) -> None:
-        self.cfg, self.n_views = cfg, n_views
-        faces = np.flatnonzero(train)
-        g = cons.group[faces]
-        order = np.argsort(g, kind="stable")
-        self.faces = faces[order]
-        gs = g[order]
-        self.starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if len(gs) else np.zeros(0, np.int64)
-        self.sizes = np.diff(np.r_[self.starts, len(gs)])
-        self.group_ids = gs[self.starts]
-        pos = np.full(len(cons.group) + 1, -1, dtype=np.int64)
-        pos[self.group_ids] = np.arange(len(self.group_ids))
-        a, b = (pos[cons.cannot[:, 0]], pos[cons.cannot[:, 1]]) if len(cons.cannot) else (np.zeros(0, int),) * 2
-        ok = (a >= 0) & (b >= 0)
-        src, dst = np.r_[a[ok], b[ok]], np.r_[b[ok], a[ok]]
-        by = np.argsort(src, kind="stable")
-        self.nb_idx = dst[by]  # neighbours of group k: nb_idx[nb_ptr[k]:nb_ptr[k + 1]] (CSR)
-        self.nb_ptr = np.r_[0, np.cumsum(np.bincount(src, minlength=len(self.group_ids)))].astype(np.int64)
-        deg = np.diff(self.nb_ptr)
-        self.with_neg = np.flatnonzero(deg > 0)
-        usable = (self.sizes >= 2) | (n_views >= 2)
-        self.anchors = self.with_neg[usable[self.with_neg]] if len(self.with_neg) else np.flatnonzero(usable)
-        if not len(self.anchors):
-            raise ProxytasksError("no training pairs: no track has two faces and only one view is "
-                                  "cached; add views or run `proxytasks track` first")
-        self.keys = cons.cannot_keys()
-        self.n = len(cons.group)
-        self.group = cons.group
-        self._triu: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def neighbours(self, k: int) -> np.ndarray:
-        """The groups (positions) cannot-linked to group position ``k``."""
-        return self.nb_idx[self.nb_ptr[k]:self.nb_ptr[k + 1]]
-
-    def _negatives(self, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Up to ``negative_groups`` distinct neighbours of each chosen group, drawn at random."""
-        deg = self.nb_ptr[chosen + 1] - self.nb_ptr[chosen]
-        total = int(deg.sum())
-        if not total:
-            return np.zeros(0, np.int64)
-        owner = np.repeat(np.arange(len(chosen)), deg)
-        first = np.repeat(np.cumsum(deg) - deg, deg)
-        entry = np.repeat(self.nb_ptr[chosen], deg) + np.arange(total) - first
-        order = np.lexsort((rng.random(total), owner))
-        rank = np.arange(total) - first  # owner-sorted entries keep their owner's block
-        return self.nb_idx[entry[order][rank < self.cfg.negative_groups]]
-
-    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, ...]]:
-        """(faces, views, indices tuple) of one batch; the same for the same step."""
-        cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, step])
-        chosen = rng.choice(self.anchors, min(cfg.groups_per_batch, len(self.anchors)), replace=False)
-        groups = np.r_[chosen, self._negatives(chosen, rng)]
-        _, first = np.unique(groups, return_index=True)
-        groups = groups[np.sort(first)]
-        pick = (rng.random((len(groups), cfg.faces_per_group)) * self.sizes[groups][:, None]).astype(np.int64)
-        faces = self.faces[(self.starts[groups][:, None] + pick).reshape(-1)]
-        views = rng.integers(0, self.n_views, len(faces))
-        return faces, views, tuple(torch.from_numpy(x) for x in self._pairs(groups, faces, views))
-
-    def _triangle(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if n not in self._triu:
-            self._triu[n] = np.triu_indices(n, 1)
-        return self._triu[n]
-
-    def _pairs(self, groups: np.ndarray, faces: np.ndarray, views: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Positive (same group, not the same face under the same view) and negative
-        (cannot-linked groups) position pairs of a batch made of one block of
-        ``faces_per_group`` faces per distinct group, worked out block by block: ``(a1, p, a2, n)``."""
-        k = self.cfg.faces_per_group
-        ia, ib = self._triangle(k)
-        base = np.arange(len(groups))[:, None] * k
-        pa, pb = (base + ia).reshape(-1), (base + ib).reshape(-1)
-        keep = (faces[pa] != faces[pb]) | (views[pa] != views[pb])
-        pa, pb = pa[keep], pb[keep]
-        ba, bb = self._triangle(len(groups))
-        gid = self.group_ids[groups]
-        key = np.minimum(gid[ba], gid[bb]) * self.n + np.maximum(gid[ba], gid[bb])
-        if len(self.keys) and len(key):
-            at = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
-            hit = self.keys[at] == key
-        else:
-            hit = np.zeros(len(key), dtype=bool)
-        fa, fb = np.divmod(np.arange(k * k), k)
-        na = (ba[hit][:, None] * k + fa).reshape(-1)
-        nb = (bb[hit][:, None] * k + fb).reshape(-1)
-        return pa.astype(np.int64), pb.astype(np.int64), na.astype(np.int64), nb.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- phases
@@ -459,18 +330,19 @@ def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
                     RESERVE, "train", r.progress, agree)
     seen_pairs, shown, last, began = 0, None, None, time.perf_counter()
     embedder.train()
+    ahead = Prefetcher(d.batcher, total)
     for step in loop:
         if cfg.lr_schedule == "cosine":
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-        faces, views, tup = d.batcher.batch(step)
+        faces, views, tup = ahead.get(step)
         x = to_device(feats_t[torch.from_numpy(views), torch.from_numpy(faces)], device)
         with autocast(device):
             out = head(x)
         emb = torch.nn.functional.normalize(out.float(), dim=-1)  # as Embedder.embed_features
         last = loss_fn(emb, tuple(to_device(t, device) for t in tup), shard=ctx.shard)
         opt.zero_grad(set_to_none=True)
-        (last * ctx.world).backward()
+        (last * ctx.world if ctx.active else last).backward()
         opt.step()
         seen_pairs += len(tup[0]) + len(tup[2])
         done = step + 1
@@ -488,6 +360,7 @@ def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
             loop.reserve = RESERVE + (time.perf_counter() - t0)
             loop.note(loss=f"{shown:.4f}", auc="-" if value is None else f"{value:.4f}",
                       pairs_s=f"{seen_pairs / max(time.perf_counter() - began, 1e-9):.0f}")
+    ahead.close()
     step = loop.step
     if not log or log[-1]["step"] != step:
         value = score(embedder)
@@ -497,8 +370,11 @@ def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
         best = _keep_best(best, value, embedder, step)
     elif best["state"] is None:
         best = _keep_best(best, score(embedder), embedder, step)
-    if ctx.main and step and saved_step != step:
-        save_checkpoint(ckpt, embedder, opt, step, log, best, r.budget.spent())
+    spent = r.budget.spent()
+    if loop.stopped == "time budget":  # stopped by its budget: the run has spent it (a resume gets no remainder)
+        spent = max(spent, cfg.time_budget)
+    if ctx.main and step and (saved_step != step or loop.stopped == "time budget"):
+        save_checkpoint(ckpt, embedder, opt, step, log, best, spent)
     embedder.to("cpu")
     best["state"] = {k: v.cpu() for k, v in best["state"].items()}
     return {"best": best, "log": log, "steps": step, "stopped": loop.stopped, "pairs_seen": seen_pairs}
