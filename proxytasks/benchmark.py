@@ -127,15 +127,15 @@ def evaluate_method(vectors: np.ndarray, manifest: Manifest, clusters: np.ndarra
 def _proxy_run(manifest: Manifest, pairs: Any, run: Path, cfg: Any, progress: bool
                ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Train in ``run``; returns (training summary, pretrained vectors, proxy vectors)."""
-    from .embed import head_vectors
     from .embedder import Embedder
+    from .features import head_vectors, plain_features
     from .train import train
 
     trained = train(manifest, pairs, run, cfg, progress=progress)
-    with np.load(run / "features.npz", allow_pickle=False) as z:
-        plain = z["features"][0].astype(np.float32)
+    model = Embedder.load(run)
+    plain = plain_features(run, manifest, embedder=model, progress=progress)  # the run's cache, key checked
     pretrained = l2_normalize(plain, axis=1)
-    return trained, pretrained, head_vectors(Embedder.load(run), plain)
+    return trained, pretrained, head_vectors(model, plain)
 
 
 def peer_status(backbone: str) -> dict[str, str | None]:
