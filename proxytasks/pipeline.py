@@ -251,14 +251,14 @@ def name_run(run: str | os.PathLike, emb: str | os.PathLike, labels: Sequence[st
     from .finetune import GlobalConfig, name_with_strategy
 
     e = Embeddings.load(emb)
+    m = Manifest.read(manifest, check_files=strategy in ("independent", "global")) if manifest is not None else None
+    if m is not None:  # before the sheets: their ids are checked against the embeddings' faces
+        check_same_faces(e, m, emb, manifest)
     groups = read_clusters(clusters, e.ids) if clusters is not None else None
     ann = read_annotations(labels, e.ids, groups)
     if not ann.named:
         raise ProxytasksError(nothing_named(labels))
     check_model(run, e.meta, emb)
-    m = Manifest.read(manifest, check_files=strategy in ("independent", "global")) if manifest is not None else None
-    if m is not None:
-        check_same_faces(e, m, emb, manifest)
     tracks = m.columns().track if m is not None else None
     ps = PairSet.load(pairs, face_ids=e.ids) if pairs is not None and strategy == "global" else None
     cfg = GlobalConfig(steps=200 if steps is None and time_budget is None else steps, time_budget=time_budget,

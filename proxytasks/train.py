@@ -324,7 +324,7 @@ def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
         from torch.nn.parallel import DistributedDataParallel
 
         head = DistributedDataParallel(head, device_ids=[torch.device(device).index] if "cuda" in device else None)
-    validate, saved, saved_step = _schedule(cfg, total, r.budget), time.perf_counter(), -1
+    validate, saved, saved_step = _schedule(cfg, total, r.budget), -math.inf, -1  # first at the first validation
     agree = (lambda flag: distributed.any_rank(flag, ctx)) if ctx.active else None
     loop = StepLoop(total, r.budget.deadline, step, MIN_STEPS if cfg.time_budget is not None else 0,
                     RESERVE, "train", r.progress, agree)
