@@ -158,7 +158,10 @@ def test_a_person_names_people_in_the_browser(clip_copy):
             assert page.locator("#help").is_visible()
             page.keyboard.press("Escape")
             page.locator("#search").fill("lin-man")
-            page.wait_for_function("document.querySelectorAll('#people .card').length >= 1")
+            # the page may still be redrawing after Update: wait until the filter shows (a timeout fails)
+            page.wait_for_function("(() => { const names = [...document.querySelectorAll('#people .card span.name')];"
+                                   " return names.length >= 1 && names.every(s => s.textContent.includes('Lin-Manuel'));"
+                                   " })()")
             assert all("Lin-Manuel" in t for t in page.locator("#people .card span.name").all_inner_texts())
             browser.close()
         assert errors == []
