@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import click
@@ -34,6 +35,7 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool, root: Path | None) -> No
     from .manifest import confine_to
 
     confine_to(root)
+    ctx.meta["proxytasks.invoked"] = time.perf_counter()  # see loop.command_start
     ctx.ensure_object(dict)
     ctx.obj.setdefault("quiet", quiet)
     level = logging.DEBUG if verbose else logging.WARNING if ctx.obj["quiet"] else logging.INFO

@@ -61,11 +61,11 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
     cfg = TrainConfig(backbone=backbone, weights=weights, head=head, dim=dim, input_size=input_size,
                       loss=loss, init=init, steps=steps, epochs=epochs, time_budget=time_budget, lr=lr,
                       lr_schedule=lr_schedule, seed=seed, device=device, workers=workers)
-    from .loop import process_start
+    from .loop import command_start
 
     # the budget counts from the command's start: the process's when run as `proxytasks train`
     summary = train(m, ps, out, cfg, resume=resume, progress=progress(ctx),
-                    started=process_start() if ctx.parent is not None else None)
+                    started=command_start(ctx.meta.get("proxytasks.invoked")))
     if int(os.environ.get("RANK", "0") or 0):  # under torchrun, rank 0 reports
         return
     click.echo(f"wrote {out}: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['stopped']}), "

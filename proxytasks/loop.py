@@ -34,6 +34,18 @@ def process_start() -> float:
     return now - min(max(age, 0.0), 3600.0)
 
 
+def command_start(invoked: float | None, young: float = 30.0) -> float | None:
+    """When a command started, for its time budget: the process's start (its imports
+    included) when the process was started for it, i.e. at most ``young`` seconds before
+    ``invoked`` (when the CLI group ran, ``time.perf_counter()`` scale); else ``invoked``
+    (a command run inside a longer-lived process: a test, a notebook). None when not run
+    through the CLI group (e.g. a recipe step): the budget then counts from the call."""
+    if invoked is None:
+        return None
+    start = process_start()
+    return start if invoked - start <= young else invoked
+
+
 @dataclass
 class Budget:
     """A time budget of ``seconds`` (None: none) counted from ``start`` (a

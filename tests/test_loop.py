@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from proxytasks.loop import Budget, Every, StepLoop, process_start
+from proxytasks.loop import Budget, Every, StepLoop, command_start, process_start
 from proxytasks.train import TrainConfig, train
 
 from .test_train import _features, _scene
@@ -66,6 +66,13 @@ def test_budget_and_every():
     time.sleep(0.06)
     assert timed.due(2) and not timed.due(3)
     assert time.perf_counter() - 3600 <= process_start() <= time.perf_counter()
+
+
+def test_command_start_is_the_process_start_only_for_a_process_started_for_the_command():
+    start = process_start()
+    assert command_start(None) is None  # not run through the CLI group: from the call
+    assert abs(command_start(start + 2.0) - start) < 0.05  # a fresh `proxytasks train`: its imports count
+    assert command_start(start + 120.0) == start + 120.0  # inside a long-lived process: from the group's call
 
 
 def test_resume_keeps_the_budget(tmp_path):
