@@ -32,6 +32,7 @@ def readme_example() -> str:
     return found.group(1)
 
 
+@pytest.mark.slow  # end to end, like the recipes
 def test_readme_library_example_runs(tmp_path: Path) -> None:
     """The README's library block, run as a script in an empty folder, does the demo's work."""
     code = readme_example()
