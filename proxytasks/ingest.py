@@ -36,10 +36,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .defaults import DEFAULT_DETECTOR, DETECT_EVERY, DETECT_SIZE
 from .errors import ProxytasksError
 from .fileio import atomic_write
 from .manifest import Manifest, face_from_dict
-from .quality import QUALITY_VERSION, face_quality, has_colour
+from .quality import QUALITY_VERSION, SURE_SCORE, face_quality, has_colour
 from .ingest_shards import SHARD_VERSION, _write_shard_record, merge_manifests, shard_record_path  # noqa: F401
 from .ingest_video import _BadMedia, _ingest_video
 from .track import TrackerConfig
@@ -54,8 +55,6 @@ JPEG_QUALITY = 92
 _EXIF_ORIENTATION = 0x0112
 _CHECKPOINT_SECONDS = 5.0  # least time between two manifest rewrites (the parts are always current)
 _MAX_PENDING_WRITES = 8  # JPEG files queued for the writer thread at most (bounds memory: 8 full-HD frames ~ 50 MB)
-DETECT_SIZE = 540  # the detector sees frames whose shorter side is above this downscaled to it
-DETECT_EVERY = 5  # full detection on every N-th kept frame; faces are followed in between
 
 
 @dataclass
@@ -171,9 +170,9 @@ class _Writer:
     waits for every file and raises the first error."""
 
     def __init__(self, out_dir: Path, key: str, media_rel: str, crops: bool, margin: float,
-                 quality: bool = True) -> None:
+                 quality: bool = True, sure: float = SURE_SCORE) -> None:
         self.out_dir, self.key, self.media_rel = out_dir, key, media_rel
-        self.crops, self.margin, self.quality = crops, margin, quality
+        self.crops, self.margin, self.quality, self.sure = crops, margin, quality, sure
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future] = deque()
 
@@ -239,7 +238,7 @@ class _Writer:
             if self.quality:
                 if colour is None:
                     colour = has_colour(small if small is not None else img)
-                rec["quality"] = face_quality(img, box, rec.get("score"), rec.get("landmarks"), colour)
+                rec["quality"] = face_quality(img, box, rec.get("score"), rec.get("landmarks"), colour, self.sure)
             if self.crops:
                 path = self.out_dir / "crops" / self.key / f"{fid}.jpg"
                 self._save(crop_face(img, box, self.margin), path)
@@ -262,7 +261,7 @@ def _source_stamp(path: Path) -> dict[str, int]:
 
 
 def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_manifest: str | os.PathLike,
-                 detector: "Detector | str" = "mtcnn", fps: float | None = None, stride: int | None = None,
+                 detector: "Detector | str" = DEFAULT_DETECTOR, fps: float | None = None, stride: int | None = None,
                  min_face: int = 20, threshold: float | None = None, crops: bool = True,
                  margin: float = 0.2, batch_size: int = 8, progress: bool = True, resume: bool = True,
                  device: str | None = None, shot_config: TrackerConfig | None = None,
@@ -289,7 +288,7 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
         detect_size: the detector sees pictures whose shorter side is above this downscaled
             to it (boxes and landmarks are brought back to full resolution; frames and crops
             are written at full resolution); None or 0: full resolution.
-        detect_every: with a detector that can follow faces (``track``, e.g. MTCNN), run
+        detect_every: with a detector that can follow faces (``track``: CenterFace, MTCNN), run
             the full detector on every ``detect_every``-th kept frame only, and follow the
             faces in between; a frame that may start a new shot, or where a followed face is
             lost, is detected in full too. 1: detect every frame.
@@ -403,7 +402,8 @@ def ingest_media(paths: str | os.PathLike | Iterable[str | os.PathLike], out_man
             part_path.unlink(missing_ok=True)
             for sub in ("frames", "crops"):
                 _remove_temporaries(out_dir / sub / key)
-            writer = _Writer(out_dir, key, media_rel, crops, margin, quality)
+            writer = _Writer(out_dir, key, media_rel, crops, margin, quality,
+                             getattr(get_detector(), "sure_score", SURE_SCORE))
             frames_before = report.frames
             try:
                 try:

@@ -90,23 +90,6 @@ def _redetect_around(detector, image: Image.Image, lost: np.ndarray, found: "Det
     return Detections(np.concatenate(boxes), np.concatenate(scores), landmarks)
 
 
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """torch on one thread for the block (small batches of tiny convolutions, where a
-    second thread only adds waiting, most of all on a busy machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, batch_size: int,
                   cfg: TrackerConfig, bar: tqdm, report: IngestReport,
                   faces_before: int, detect_every: int = 1) -> tuple[list[dict], int, int, str | None]:
@@ -159,14 +142,13 @@ def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, b
         elif not len(boxes):
             why, det = None, _no_faces()
         else:
-            with _single_thread():  # a few tiny crops: threads only wait on each other
-                det, found = detector.track(fr.detect_image, boxes)
-                if not found.all():
-                    # Look again where a face was lost, with the full detector on the region
-                    # around it only (a face at the detector's limit flickers; one that moved
-                    # fast is found again).
-                    det = _redetect_around(detector, fr.detect_image, boxes[~found], det)
-                    local["lost"] = local.get("lost", 0) + int((~found).sum())
+            det, found = detector.track(fr.detect_image, boxes)
+            if not found.all() and not getattr(detector, "searches_around", False):
+                # Look again where a face was lost, with the full detector on the region
+                # around it only (a face at the detector's limit flickers; one that moved
+                # fast is found again).
+                det = _redetect_around(detector, fr.detect_image, boxes[~found], det)
+            local["lost"] = local.get("lost", 0) + int((~found).sum())
             why = None
         if why is not None:
             det = detector.detect([fr.detect_image])[0]
@@ -177,11 +159,12 @@ def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, b
         emit(fr, det)
         progress(1)
 
-    # Following runs torch on one thread for the whole video: its calls are small, FFmpeg's
-    # decoding threads and the JPEG writer take the other core, and switching the thread
-    # count per frame costs more than it gives (tens of ms on a busy machine).
+    # Following runs the detector on one thread for the whole video: its calls are small,
+    # FFmpeg's decoding threads and the JPEG writer take the other core, and switching the
+    # thread count per frame costs more than it gives (tens of ms on a busy machine).
+    one_thread = getattr(detector, "one_thread", None)
     try:
-        with _single_thread() if follow else contextlib.nullcontext():
+        with one_thread() if follow and one_thread else contextlib.nullcontext():
             for fr in _frames(frames):
                 hists.append(frame_histogram(fr.detect_image))
                 index.append(fr.index)
@@ -201,7 +184,7 @@ def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, b
     if not index:
         raise _BadMedia("no frame could be decoded")
     if follow:
-        logger.info("%s: full detection on %d of %d frames (%s); %d lost faces looked for around "
+        logger.info("%s: full detection on %d of %d frames (%s); %d followed faces lost, looked for again around "
                     "where they were", path, sum(keyframes.values()), len(index),
                     ", ".join(f"{k} {v}" for k, v in keyframes.items()), local.get("lost", 0))
     d = np.array([0.5 * np.abs(a - b).sum() for a, b in zip(hists[:-1], hists[1:])])

