@@ -10,8 +10,10 @@ clustered and named two ways, on the same vectors and the same draws:
 - before: `cluster_faces(..., linkage="single")` (the face-level single linkage over
   track means of issue 8) and `name_faces(..., unknown_threshold=None)` without
   cannot-links (every face gets the argmax name);
-- after: `cluster_faces` with its defaults (average linkage over tracks) and
-  `name_faces(..., cannot_links=...)` with its default calibrated unknown threshold.
+- after: `cluster_faces` with its defaults (average linkage over tracks; told, as the benchmark
+  tells it, whether the vectors were trained on the links: the proxy head unless its run kept the
+  identity head) and `name_faces(..., cannot_links=...)` with its default calibrated unknown
+  threshold.
 
 Reported per vector set and way: clusters against the true number of people, BCubed F1;
 naming accuracy at 1 and 5 shots (track-disjoint, `proxytasks.benchmark.naming_scores`,
@@ -58,8 +60,9 @@ def from_benchmark(folder: Path) -> dict[str, np.ndarray]:
         plain = z["features"][0].astype(np.float32)
     pretrained = plain / np.maximum(np.linalg.norm(plain, axis=1, keepdims=True), 1e-12)
     groups, cannot = constraint_arrays(manifest, pairs)
-    return {"pretrained": pretrained, "proxy": head_vectors(Embedder.load(folder / "run"), plain),
-            "groups": groups, "cannot": cannot, "identity": identities(manifest).astype(str)}
+    model = Embedder.load(folder / "run")
+    return {"pretrained": pretrained, "proxy": head_vectors(model, plain), "groups": groups, "cannot": cannot,
+            "identity": identities(manifest).astype(str), "proxy_trained": np.array(model.head_kind != "identity")}
 
 
 def prepare(args) -> dict[str, np.ndarray]:
@@ -79,10 +82,10 @@ def prepare(args) -> dict[str, np.ndarray]:
     out.mkdir(parents=True, exist_ok=True)
     manifest, pairs = tracked_pairs(Manifest.read(path), out, progress=False, keep_tracks=False)
     cfg = TrainConfig(backbone=args.backbone, time_budget=args.time_budget, seed=0, steps=args.train_steps)
-    _, pretrained, proxy = _proxy_run(manifest, pairs, out / "run", cfg, progress=False)
+    trained, pretrained, proxy = _proxy_run(manifest, pairs, out / "run", cfg, progress=False)
     groups, cannot = constraint_arrays(manifest, pairs)
     data = {"pretrained": pretrained, "proxy": proxy, "groups": groups, "cannot": cannot,
-            "identity": identities(manifest).astype(str)}
+            "identity": identities(manifest).astype(str), "proxy_trained": np.array(trained["trained_on_links"])}
     np.savez(cache, **data)
     return data
 
@@ -94,7 +97,7 @@ def shared_names(names: list, pairs: np.ndarray, named: dict) -> int:
                    for i, j in pairs.tolist()))
 
 
-def evaluate(x: np.ndarray, data: dict, way: str, args) -> dict:
+def evaluate(x: np.ndarray, data: dict, way: str, args, trained: bool = False) -> dict:
     from proxytasks.benchmark import naming_scores
     from proxytasks.cluster import cluster_faces
     from proxytasks.metrics import clustering_metrics
@@ -107,7 +110,7 @@ def evaluate(x: np.ndarray, data: dict, way: str, args) -> dict:
     if before:
         clusters = cluster_faces(x, groups=groups, cannot_links=cannot, seed=0, linkage="single").labels
     else:
-        clusters = cluster_faces(x, groups=groups, cannot_links=cannot, seed=0).labels
+        clusters = cluster_faces(x, groups=groups, cannot_links=cannot, seed=0, trained_on_links=trained).labels
     cluster_s = time.perf_counter() - t0
     known = identity != ""
     cm = clustering_metrics(identity[known], clusters[known])
@@ -174,7 +177,8 @@ def report(label: str, data: dict, args) -> None:
     log(f"{label}: {len(data['identity'])} faces, {len(set(data['identity'].tolist()) - {''})} identities, "
         f"{len(np.unique(data['groups'][data['groups'] >= 0]))} tracks, {len(data['cannot'])} cannot-links")
     for vectors in ("pretrained", "proxy"):
-        res = {way: evaluate(data[vectors], data, way, args) for way in ("before", "after")}
+        trained = vectors == "proxy" and bool(data.get("proxy_trained", True))  # caches from before: trained
+        res = {way: evaluate(data[vectors], data, way, args, trained) for way in ("before", "after")}
         log(f"{label} {vectors}: {json.dumps(res)}")
         b, a = res["before"], res["after"]
         peer = f"{vectors} vectors, single linkage and argmax naming (before), same run"

@@ -3,9 +3,11 @@
 On a manifest whose faces carry ``identity``: tracking (always: a ``track`` given in
 the manifest may come from ground truth, and is kept only when asked), the rules, proxy
 training within the time budget, then for each method, on the same seeded draws:
-clustering (number of people unknown), few-shot naming at k shots, and verification.
-Identities are read only for evaluation: training sees rule pairs. Writes
-``DIR/metrics.json`` atomically.
+clustering (number of people unknown; the threshold from the rule pairs by the rule that
+suits the vectors: cannot-link violations for the pretrained features, the must/cannot
+midpoint for a head trained on the pairs, see :func:`proxytasks.cluster.cluster_faces`),
+few-shot naming at k shots, and verification. Identities are read only for evaluation:
+training sees rule pairs. Writes ``DIR/metrics.json`` atomically.
 
 The protocol cannot flatter a method that carries names along tracks ("track-disjoint"):
 naming is scored only on faces that share no track with a face whose name was given,
@@ -126,7 +128,9 @@ def evaluate_method(vectors: np.ndarray, manifest: Manifest, clusters: np.ndarra
 
 def _proxy_run(manifest: Manifest, pairs: Any, run: Path, cfg: Any, progress: bool
                ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Train in ``run``; returns (training summary, pretrained vectors, proxy vectors)."""
+    """Train in ``run``; returns (training summary, pretrained vectors, proxy vectors). The
+    summary's ``trained_on_links`` says whether the proxy vectors come from a head fit on the
+    rule pairs (False when the run kept the pretrained features: the identity head)."""
     from .embedder import Embedder
     from .features import head_vectors, plain_features
     from .train import train
@@ -135,7 +139,7 @@ def _proxy_run(manifest: Manifest, pairs: Any, run: Path, cfg: Any, progress: bo
     model = Embedder.load(run)
     plain = plain_features(run, manifest, embedder=model, progress=progress)  # the run's cache, key checked
     pretrained = l2_normalize(plain, axis=1)
-    return trained, pretrained, head_vectors(model, plain)
+    return {**trained, "trained_on_links": model.head_kind != "identity"}, pretrained, head_vectors(model, plain)
 
 
 def peer_status(backbone: str) -> dict[str, str | None]:
@@ -246,17 +250,23 @@ def run_benchmark(manifest_path: str | os.PathLike, out: str | os.PathLike, back
     trained, pretrained, proxy = _proxy_run(manifest, pairs, out / "run", cfg, progress)
     groups, cannot = constraint_arrays(manifest, pairs)
     vectors = {"pretrained": pretrained, "proxy": proxy}
+    # the threshold rule follows the vectors: a head fit on these links has pushed the cannot-linked
+    # pairs apart, so their violations cannot calibrate it (the midpoint rule, see cluster_faces)
+    on_links = {"pretrained": False, "proxy": trained["trained_on_links"]}
     if "proxy_dlib" in peers:
         if dlib_backbone:
             vectors["pretrained_dlib"], vectors["proxy_dlib"] = pretrained, proxy
+            on_links.update(pretrained_dlib=False, proxy_dlib=on_links["proxy"])
         else:
             dlib_cfg = TrainConfig(backbone=DLIB_BACKBONE, time_budget=time_budget, seed=seed, steps=train_steps)
-            _, vectors["pretrained_dlib"], vectors["proxy_dlib"] = _proxy_run(manifest, pairs, out / "run_dlib",
-                                                                              dlib_cfg, progress)
+            dlib_trained, vectors["pretrained_dlib"], vectors["proxy_dlib"] = _proxy_run(
+                manifest, pairs, out / "run_dlib", dlib_cfg, progress)
+            on_links.update(pretrained_dlib=False, proxy_dlib=dlib_trained["trained_on_links"])
     methods, clusters = {}, {}
     for name, x in vectors.items():
         t0 = time.perf_counter()
-        clusters[name] = cluster_faces(x, groups=groups, cannot_links=cannot, seed=seed).labels
+        clusters[name] = cluster_faces(x, groups=groups, cannot_links=cannot, seed=seed,
+                                       trained_on_links=on_links[name]).labels
         namer = toolkit_namer(x, groups, clusters[name], cannot)
         methods[name] = evaluate_method(x, manifest, clusters[name], namer, shots, repeats, seed, groups=groups)
         logger.info("evaluated %s in %.1f s", name, time.perf_counter() - t0)

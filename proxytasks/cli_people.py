@@ -75,14 +75,27 @@ def search(index_dir: Path, emb: Path, face_ids: tuple[str, ...], k: int, device
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="CSV id,cluster.")
 @click.option("-k", default=10, show_default=True, help="Neighbours per track in the kNN graph.")
 @click.option("--threshold", type=float, default=None,
-              help="Cosine similarity to merge [default: calibrated on the cannot-links].")
+              help="Cosine similarity to merge [default: set from the links by --threshold-rule].")
+@click.option("--threshold-rule", type=click.Choice(["auto", "violations", "midpoint"]), default="auto",
+              show_default=True,
+              help="How the threshold is set from the rule pairs, never from names. violations: the loosest "
+                   "threshold before merges start to bring cannot-linked faces together (vectors never trained "
+                   "on these pairs: pretrained features). midpoint: halfway between the median cosine of "
+                   "must-linked (same-track) and of cannot-linked face pairs (a head trained on these pairs has "
+                   "pushed exactly the cannot-linked faces apart, so their violations come too late). auto: "
+                   "midpoint when EMB's header names a trained head, else violations (with a warning when the "
+                   "header does not say and the vectors look trained on the pairs).")
 @click.option("--seed", default=0, show_default=True, help="Random seed (kNN graph, calibration sample).")
 @click.option("--device", default="auto", show_default=True, help="cuda: the kNN graph on the GPU where faiss has GPU "
               "support.")
 @overwrite_option
-def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold: float | None, seed: int,
-            device: str, overwrite: bool) -> None:
-    """Cluster faces into people: tracks kept whole, cannot-linked faces kept apart."""
+def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold: float | None,
+            threshold_rule: str, seed: int, device: str, overwrite: bool) -> None:
+    """Cluster faces into people: tracks kept whole, cannot-linked faces kept apart.
+
+    Average linkage over tracks; the number of people is unknown, and the threshold comes
+    from the rule pairs (see --threshold-rule).
+    """
     refuse(out, "clusters", "write elsewhere with -o", overwrite)
     from .cluster import write_clusters
     from .embed import Embeddings
@@ -95,9 +108,10 @@ def cluster(emb: Path, manifest: Path, pairs: Path, out: Path, k: int, threshold
     check_same_faces(e, m, emb, manifest)
     ids = e.ids
     result = cluster_people(e, m, PairSet.load(pairs, face_ids=ids), k=k, threshold=threshold, seed=seed,
-                            device=device)
+                            device=device, threshold_rule=threshold_rule)
     write_clusters(out, ids, result.labels)
-    click.echo(f"wrote {out}: {result.labels.max() + 1} clusters at threshold {result.threshold:.4f}")
+    click.echo(f"wrote {out}: {result.labels.max() + 1} clusters at threshold {result.threshold:.4f} "
+               f"({result.info.get('threshold_rule', 'given')})")
     echo_report(cluster_report(m, result.labels))
 
 

@@ -21,11 +21,19 @@ Pairs are invalidated by version stamps: a merge bumps both clusters' stamps.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 from collections import deque
 from array import array
+from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_RULES = ("auto", "violations", "midpoint")
+TRAINED_GAP = -0.05  # cannot-linked pairs this much less alike than random pairs: vectors trained on the links
+PAIR_SAMPLE = 100_000  # face pairs behind each median of the link statistics (a seeded sample when more)
 
 
 class Links:
@@ -225,3 +233,85 @@ def average_linkage(unit: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: f
         parent = up
     return {"owner": parent, "merges": merges, "blocked": blocked, "violations": violations,
             "violating_merges": violating, "stop": stop, "lowest": low}
+
+
+def link_statistics(vectors: Any, parent: np.ndarray, cannot_links: np.ndarray, seed: int = 0,
+                    sample: int = PAIR_SAMPLE) -> dict[str, float | None]:
+    """Median cosine similarity of must-linked, cannot-linked and random face pairs.
+
+    Args:
+        vectors: (N, d) face vectors (any norm).
+        parent: (N,) must-link group of each face, a face alone in a group of its own
+            (e.g. the root face of its track).
+        cannot_links: (M, 2) face index pairs.
+        seed: seeds the samples.
+        sample: the most pairs behind each median (a seeded sample when more), so a
+            million faces cost a few dot products per face at most.
+
+    Returns:
+        ``{"must_link_cosine", "cannot_link_cosine", "random_pair_cosine"}``: must-linked
+        pairs are each face of a group of two or more with another face of its group
+        drawn at random, random pairs two faces of different groups drawn at random;
+        None where there is no such pair.
+    """
+    rng = np.random.default_rng(seed)
+    parent = np.asarray(parent, np.int64)
+    n = len(parent)
+    pairs = np.asarray(cannot_links, np.int64).reshape(-1, 2)
+
+    def median(a: np.ndarray, b: np.ndarray) -> float | None:
+        if len(a) > sample:
+            keep = rng.choice(len(a), sample, replace=False)
+            a, b = a[keep], b[keep]
+        if not len(a):
+            return None
+        va, vb = (np.asarray(vectors[i], np.float32) for i in (a, b))
+        norm = np.maximum(np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1), 1e-12)
+        return float(np.median(np.einsum("ij,ij->i", va, vb) / norm))
+
+    order = np.argsort(parent, kind="stable")
+    p = parent[order]
+    starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]]) if n else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, n])
+    size_of, start_of = np.repeat(sizes, sizes), np.repeat(starts, sizes)
+    grouped = size_of >= 2
+    other = start_of + (np.arange(n) - start_of + rng.integers(1, np.maximum(size_of, 2))) % np.maximum(size_of, 1)
+    a, b = rng.integers(0, max(n, 1), min(sample, 4 * n)), rng.integers(0, max(n, 1), min(sample, 4 * n))
+    apart = parent[a] != parent[b]
+    return {"must_link_cosine": median(order[grouped], order[other[grouped]]),
+            "cannot_link_cosine": median(pairs[:, 0], pairs[:, 1]),
+            "random_pair_cosine": median(a[apart], b[apart])}
+
+
+def link_threshold(vectors: Any, parent: np.ndarray, cannot_links: np.ndarray, rule: str,
+                   trained: bool | None, seed: int, info: dict[str, Any]) -> float | None:
+    """The threshold of the midpoint rule, or None where the violation sweep applies.
+
+    ``rule`` (one of :data:`THRESHOLD_RULES`) is resolved as in
+    :func:`proxytasks.cluster.cluster_faces`: ``"auto"`` is ``"midpoint"`` for vectors
+    ``trained`` on the links, else ``"violations"``. ``trained=None`` (not known) counts as
+    untrained, with a warning when :func:`link_statistics` says the vectors look trained
+    (cannot-linked pairs less alike than random pairs by more than ``-TRAINED_GAP``; not
+    proof: with few people, random pairs are often of one person). ``info`` gets the
+    statistics and the choice. The midpoint is halfway between the median cosine of
+    must-linked and of cannot-linked face pairs; without a must-linked pair it cannot apply
+    (a warning; None).
+    """
+    stats = link_statistics(vectors, parent, cannot_links, seed)
+    info.update({k: None if v is None else round(v, 4) for k, v in stats.items()})
+    must, cannot, rand = stats["must_link_cosine"], stats["cannot_link_cosine"], stats["random_pair_cosine"]
+    looks_trained = cannot is not None and rand is not None and cannot - rand < TRAINED_GAP
+    info.update({"trained_on_links": trained, "looks_trained_on_links": bool(looks_trained)})
+    if rule == "auto":
+        rule = "midpoint" if trained else "violations"
+    if rule == "violations" and looks_trained and trained is None:
+        logger.warning("cannot-linked faces are less alike than random pairs of faces (median cosine %.3f vs %.3f): "
+                       "the vectors look trained on these links, where the violation rule errs on merging; if they "
+                       "are, the midpoint rule suits them (trained_on_links=True)", cannot, rand)
+    if rule == "violations" or cannot is None:
+        return None
+    if must is None:
+        logger.warning("no must-linked pair of faces (no track of two faces): the midpoint rule cannot apply, "
+                       "the threshold comes from cannot-link violations")
+        return None
+    return (must + cannot) / 2.0

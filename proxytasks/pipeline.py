@@ -157,11 +157,17 @@ def check_same_faces(embeddings: "Embeddings", manifest: Manifest, emb: str | os
 def cluster_people(embeddings: "Embeddings", manifest: Manifest, pairs: "PairSet", **options: Any
                    ) -> "ClusterResult":
     """People, their number unknown (:func:`proxytasks.cluster.cluster_faces`): tracks
-    kept whole, cannot-linked faces kept apart. ``options``: ``k``, ``threshold``, ``seed``..."""
+    kept whole, cannot-linked faces kept apart. ``options``: ``k``, ``threshold``, ``seed``,
+    ``threshold_rule``...; ``trained_on_links`` defaults to what the embeddings' header says:
+    False for the identity head (the run kept the pretrained features), True for a trained
+    projection head, None (not known) when the header has no ``head``. So the
+    threshold rule follows the run that embedded them."""
     from .cluster import cluster_faces, constraint_arrays
 
     check_same_faces(embeddings, manifest)
     groups, cannot = constraint_arrays(manifest, pairs)
+    head = embeddings.meta.get("head")
+    options.setdefault("trained_on_links", None if head is None else head != "identity")
     return cluster_faces(embeddings.vectors, groups=groups, cannot_links=cannot, **options)
 
 

@@ -45,11 +45,30 @@ def bench(manifest, out, *extra, peers="none"):
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_benchmark_on_synthetic_episode(small_episode, tmp_path):
+def test_benchmark_on_synthetic_episode(small_episode, tmp_path, monkeypatch):
+    import proxytasks.cluster
+    from proxytasks.embedder import Embedder
+
     folder = small_episode[0]
+    real, calls = proxytasks.cluster.cluster_faces, []
+
+    def watched(*args, **kwargs):  # the real clustering, its options and result recorded
+        result = real(*args, **kwargs)
+        calls.append((kwargs.get("trained_on_links"), result.info))
+        return result
+
+    monkeypatch.setattr(proxytasks.cluster, "cluster_faces", watched)
     # untracked: the benchmark tracks it; 20 s: time to cache every face's features and train
     m = bench(folder / "ep" / "manifest.jsonl", tmp_path, "--time-budget", "20")
     check_contract(m)
+    # the threshold rule follows the vectors: violations for the pretrained features, the
+    # midpoint for the proxy head when the run trained one on the rule pairs (issue 16)
+    trained = Embedder.load(tmp_path / "run").head_kind != "identity"
+    (pre, pre_info), (proxy, proxy_info) = calls
+    assert pre is False and pre_info["threshold_rule"] == "cannot-link-violations"
+    assert proxy is trained and proxy_info["threshold_rule"] == ("must-cannot-midpoint" if trained
+                                                                 else "cannot-link-violations")
+    assert proxy_info["clusters"] == m["methods"]["proxy"]["clustering"]["clusters"]
     assert m["rules"]["same-frame"]["precision"] == 1.0 and m["rules"]["same-track"]["pairs"] > 0
     assert m["dataset"]["identities"] == 4 and m["train"]["pairs"] > 0
     pretrained, proxy = m["methods"]["pretrained"], m["methods"]["proxy"]
