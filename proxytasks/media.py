@@ -254,8 +254,10 @@ def iter_video(path: str | Path, fps: float | None = None,
                 small = None
                 size = small_size(frame.width, frame.height, detect_size)
                 if size is not None:
+                    # swscale's bilinear filter widens with the ratio (no aliasing); its area
+                    # filter cost 2.4x more at 720p -> 540 (16.6 against 6.8 ms a frame).
                     small = Image.fromarray(frame.reformat(width=size[0], height=size[1], format="rgb24",
-                                                           interpolation="AREA").to_ndarray())
+                                                           interpolation="BILINEAR").to_ndarray())
                 yield Frame(index=index, time=time, image=image, small=small)
         except (av.FFmpegError, OSError, ValueError, MemoryError) as exc:
             raise ProxytasksError(

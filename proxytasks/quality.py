@@ -82,7 +82,7 @@ def sharpness_term(image: Image.Image, box: Sequence[float]) -> float:
     x, y, w, h = (float(v) for v in box)
     if w < 1 or h < 1:
         return 0.0
-    patch = image.resize((64, 64), Image.BILINEAR, box=(x, y, x + w, y + h)).convert("L")
+    patch = image.resize((64, 64), Image.BILINEAR, box=(x, y, x + w, y + h), reducing_gap=2.0).convert("L")
     a = np.asarray(patch, dtype=np.float32)
     lap = (a[:-2, 1:-1] + a[2:, 1:-1] + a[1:-1, :-2] + a[1:-1, 2:] - 4 * a[1:-1, 1:-1])
     var = float(lap.var())
@@ -91,7 +91,9 @@ def sharpness_term(image: Image.Image, box: Sequence[float]) -> float:
 
 def has_colour(image: Image.Image) -> bool:
     """Whether the picture has colour at all (a greyscale photo or night footage has none)."""
-    a = np.asarray(image.convert("RGB").resize((64, 36), Image.BILINEAR).convert("YCbCr"), dtype=np.int16)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    # reducing_gap: a box reduction first, then bilinear (a whole frame comes in here).
+    a = np.asarray(rgb.resize((64, 36), Image.BILINEAR, reducing_gap=2.0).convert("YCbCr"), dtype=np.int16)
     return float(np.abs(a[..., 1:] - 128).mean()) >= 3.0
 
 
@@ -105,7 +107,8 @@ def skin_term(image: Image.Image, box: Sequence[float], colour: bool | None = No
     x, y, w, h = (float(v) for v in box)
     if w < 1 or h < 1:
         return 0.0
-    patch = image.resize((32, 32), Image.BILINEAR, box=(x + 0.2 * w, y + 0.25 * h, x + 0.8 * w, y + 0.85 * h))
+    patch = image.resize((32, 32), Image.BILINEAR, box=(x + 0.2 * w, y + 0.25 * h, x + 0.8 * w, y + 0.85 * h),
+                         reducing_gap=2.0)
     a = np.asarray(patch.convert("YCbCr"), dtype=np.int16)
     cb, cr = a[..., 1], a[..., 2]
     share = float(((cr >= 133) & (cr <= 180) & (cb >= 70) & (cb <= 130)).mean())
