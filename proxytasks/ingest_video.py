@@ -159,9 +159,10 @@ def _ingest_video(path: Path, writer: _Writer, get_detector, frames: Iterator, b
         emit(fr, det)
         progress(1)
 
-    # Following runs the detector on one thread for the whole video: its calls are small,
-    # FFmpeg's decoding threads and the JPEG writer take the other core, and switching the
-    # thread count per frame costs more than it gives (tens of ms on a busy machine).
+    # A detector may run on one thread for the whole video while it follows faces
+    # (``one_thread``; MTCNN: its calls are small, FFmpeg's decoding threads and the JPEG
+    # writer take the other core, and switching the thread count per frame costs more than
+    # it gives, tens of ms on a busy machine).
     one_thread = getattr(detector, "one_thread", None)
     try:
         with one_thread() if follow and one_thread else contextlib.nullcontext():

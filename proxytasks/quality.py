@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-QUALITY_VERSION = 1
+QUALITY_VERSION = 2  # 2: the detector's sure_score; box reductions before resizing
 LOW_QUALITY = 0.25   # below this a face is marked: no training pairs, named "unknown" by default
 GOOD_SIZE = 48.0     # pixels of the shorter box side from which size stops lowering the score
 SHARP = 60.0         # Laplacian variance (64x64 grey, 0..255) at which sharpness is ~0.75
