@@ -36,6 +36,11 @@ CROWD = SHARED_DATA / "facenet_pytorch_samples" / "examples" / "video.mp4"
 HAMILTON = SHARED_DATA / "face_recognition_examples" / "examples" / "short_hamilton_clip.mp4"
 BBT4 = SHARED_DATA / "bbt" / "images" / "bbt4.jpg"
 OLD = {"detector": "mtcnn", "detect_size": 0, "detect_every": 1}
+# Why the speed target can fail (bench/README.md, "Ingest speed", has the measurements).
+SPEED_GAP = ("the key frames (the first, every 8th, possible cuts) run CenterFace on the 960x540 "
+             "detect picture whatever the source's size, about half of the time, while the peer's "
+             "cost falls with the source (at 720p to about 45% of 1080p); a smaller detect picture "
+             "loses recall (detect size 400-432: 0.95, 360: 0.936)")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -207,6 +212,8 @@ def main() -> None:
         rec, n_ref = recall(Path(old["manifest"]), Path(new["manifest"]))
         extra = {"frames": new["frames"], "faces": new["faces"], "peer_faces": old["faces"],
                  "threads": new["threads"], "torch_loaded": new["torch_loaded"], "load": load()}
+        if ratio < 10 and name != "360p":
+            extra["gap"] = SPEED_GAP
         emit("ingest_speed", f"frames_per_second_{name}", round(new["fps"], 2), "frames/s",
              "MTCNN every frame at full resolution (the path before issue 18)", round(old["fps"], 2),
              round(ratio, 2), ">= 10x" if name != "360p" else "report", ratio >= 10 or name == "360p", **extra)
