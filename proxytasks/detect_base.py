@@ -15,6 +15,7 @@ from .registry import Registry
 
 DETECTORS: Registry[type["Detector"]] = Registry("detector")
 
+
 @dataclass
 class Detections:
     """Faces found in one image.
