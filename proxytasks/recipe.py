@@ -187,8 +187,8 @@ def run_recipe(path: str | Path, group: click.Group, overrides: Sequence[str] = 
         except (ProxytasksError, click.ClickException) as e:
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
             raise ProxytasksError(f"{where} failed: {message}") from None
-        took = {"step": k, "command": name, "seconds": round(time.perf_counter() - began, 2),
-                "cpu_seconds": round(_cpu_seconds() - cpu, 2)}
+        took = {"step": k, "command": name, "seconds": round(time.perf_counter() - began, 3),
+                "cpu_seconds": round(_cpu_seconds() - cpu, 3)}
         times.append(took)
         logger.info("step %d (%s) took %.1f s (%.1f s of CPU time)", k, name, took["seconds"], took["cpu_seconds"])
         if "out" in recipe:

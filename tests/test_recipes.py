@@ -73,7 +73,8 @@ def test_demo_recipe_end_to_end(demo):
     # every step's wall and CPU seconds, in order
     log = [json.loads(line) for line in (out / "recipe_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, len(saved["steps"]) + 1))
-    assert all(r["seconds"] > 0 and r["cpu_seconds"] >= 0 for r in log)
+    # (a step may take under a millisecond on a quiet machine: only the whole run must take time)
+    assert all(r["seconds"] >= 0 and r["cpu_seconds"] >= 0 for r in log) and sum(r["seconds"] for r in log) > 1
 
 
 @pytest.mark.slow
