@@ -92,6 +92,16 @@ def test_selection_keeps_the_pretrained_features_when_no_head_can_match_them(tmp
     assert model.head_kind == "identity" and model.dim == 1280
 
 
+def test_a_saturated_held_out_score_keeps_the_latest_head(tmp_path):
+    # Separable people: every validation scores 1.0, and a tie says nothing about identity;
+    # the selection keeps the last head validated, not the first (issue 16).
+    manifest, pairs, ident = _scene()
+    folder, summary = run(tmp_path, "saturated", manifest, pairs, _features(ident), init="random", views=("plain",))
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert [row["val_auc"] for row in log] == [1.0] * 3 and [row["step"] for row in log] == [10, 20, 30]
+    assert summary["selected"] == "trained" and summary["best_step"] == 30
+
+
 def test_run_folder_holds_model_config_log_and_safe_checkpoint(tmp_path, small_episode, small_episode_features):
     _, manifest, pairs = small_episode
     folder, summary = run(tmp_path, "run", manifest, pairs, small_episode_features)
