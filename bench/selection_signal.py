@@ -11,8 +11,8 @@ candidate is scored by:
 - ``neighbour_agreement_all``: the same over every track (training's cannot-links included);
 - ``view_agreement``: adjusted Rand index between the constrained clusterings (the library's
   ``cluster_faces``) of the plain view's vectors and of the augmented view's;
-- ``stability``: adjusted Rand index between the constrained clusterings of two random
-  halves (by track) of the faces, on the tracks both hold (mean of 3 draws);
+- ``stability``: adjusted Rand index between the constrained clusterings of two random 60%
+  subsets (by track) of the faces, on the tracks both hold (mean of 3 draws);
 - ``silhouette``: the cosine silhouette of the track means under the constrained clustering;
 - the truth: naming accuracy at 5 shots, track-disjoint (needs the identities).
 Per episode it prints the Spearman rank correlation of each score with the truth, and their
@@ -149,8 +149,8 @@ def episode(folder: Path, steps: list[int], lrs: list[float]) -> dict:
     vpos, vneg = pairs_within(pairs, val)
     held = np.flatnonzero(val)
     other = len(feats) - 1  # the augmented view (or flip)
-    norm = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
-    candidates = {"pretrained": (norm(feats[0]), norm(feats[other]) if other else None, False)}
+    unit = feats / np.linalg.norm(feats, axis=2, keepdims=True)
+    candidates = {"pretrained": (unit[0], unit[other] if other else None, False)}
     for lr in lrs:
         for n in steps:
             run = folder / "signal" / f"lr{lr:g}_steps{n}"

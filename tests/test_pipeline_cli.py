@@ -49,7 +49,11 @@ def test_index_search_add(pipeline):
     res = invoke("search", out / "index", out / "emb.npz", "--id", first, "-k", 3)
     assert res.exit_code == 0, res.output
     rows = [line.split("\t") for line in res.output.strip().splitlines()]
-    assert rows[0][2] == first and float(rows[0][3]) == pytest.approx(1.0, abs=1e-4) and len(rows) == 3
+    sims = [float(r[3]) for r in rows]
+    assert len(rows) == 3 and sims == sorted(sims, reverse=True) and sims[0] == pytest.approx(1.0, abs=1e-4)
+    # the face itself comes first, or tied with a near-duplicate of its track (a trained head
+    # maps successive faces of one track to the same vector, up to rounding)
+    assert first in [r[2] for r, s in zip(rows, sims) if s == pytest.approx(1.0, abs=1e-4)]
     assert invoke("index", out / "emb.npz", "-o", out / "index", "--add").output.startswith("added 0 faces")
     res = invoke("search", out / "index", out / "emb.npz", "--id", "nobody")
     assert res.exit_code == 2 and "nobody" in res.output
