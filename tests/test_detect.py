@@ -36,22 +36,23 @@ def bbt4_truth() -> list[tuple[str, np.ndarray]]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def mtcnn():
-    pytest.importorskip("torchvision")
+def _detector_or_skip(name: str, needs: str):
+    """The detector ``name``; skipped without the package ``needs`` or its weights."""
+    pytest.importorskip(needs)
     try:
-        return create_detector("mtcnn")
+        return create_detector(name)
     except ProxytasksError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    return _detector_or_skip("mtcnn", "torchvision")
 
 
 @pytest.fixture(scope="module")
 def centerface():
-    pytest.importorskip("cv2")
-    try:
-        return create_detector("centerface")
-    except ProxytasksError as exc:
-        pytest.skip(str(exc))
+    return _detector_or_skip("centerface", "cv2")
 
 
 @pytest.fixture(scope="module", params=["centerface", "mtcnn"])
