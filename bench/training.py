@@ -118,8 +118,8 @@ def main() -> None:
     cfg_steps = TrainConfig(steps=args.steps, time_budget=None, views=cfg.views[:len(feats)])
     steps_batches = [batcher.batch(s) for s in range(args.steps)]
     images_cached = sum(len(b[0]) for b in steps_batches)
-    feats_t = torch.from_numpy(feats)
-    prepared = [(torch.from_numpy(v), torch.from_numpy(f), tup) for f, v, tup in steps_batches]
+    rows = torch.from_numpy(feats).reshape(-1, feats.shape[-1])  # the gather `train` does: one index_select
+    prepared = [(torch.from_numpy(v * feats.shape[1] + f), tup) for f, v, tup in steps_batches]
 
     def bare_head() -> float:
         head_model = create_embedder(cfg.backbone, cfg.weights, cfg.dim, cfg.head, cfg.input_size)
@@ -127,8 +127,8 @@ def main() -> None:
                                      weight_decay=cfg.weight_decay)
         head_model.train()
         start = time.perf_counter()
-        for v, f, tup in prepared:
-            emb = head_model.embed_features(feats_t[v, f])
+        for at, tup in prepared:
+            emb = head_model.embed_features(rows.index_select(0, at))
             loss = loss_fn(emb, tup)
             head_opt.zero_grad(set_to_none=True)
             loss.backward()

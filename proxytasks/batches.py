@@ -47,11 +47,17 @@ class Constraints:
         return np.sort(self.cannot[:, 0] * n + self.cannot[:, 1])
 
 
+CHUNK = 32  # steps whose batches are drawn together
+
+
 class GroupBatcher:
     """Batches of faces of several groups plus faces of groups cannot-linked to them.
 
-    Sampling is vectorised (a handful of numpy calls a batch) and depends only on the
-    seed and the step, so a resumed run sees the batches of an uninterrupted one.
+    The batches of :data:`CHUNK` successive steps are drawn together, vectorised over the
+    chunk (a few numpy calls for all of them: a training step is a few milliseconds, so a
+    per-step draw weighed), from a generator seeded by the seed and the chunk: a step's
+    batch depends only on the seed and the step, so a resumed run sees the batches of an
+    uninterrupted one.
     """
 
     def __init__(self, cons: Constraints, train: np.ndarray, n_views: int, cfg: Any) -> None:
@@ -83,89 +89,77 @@ class GroupBatcher:
         self.n = len(cons.group)
         self.group = cons.group
         self._triu: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._chunk: tuple[int, list] = (-1, [])
 
     def neighbours(self, k: int) -> np.ndarray:
         """The groups (positions) cannot-linked to group position ``k``."""
         return self.nb_idx[self.nb_ptr[k]:self.nb_ptr[k + 1]]
 
-    def _negatives(self, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Up to ``negative_groups`` distinct neighbours of each chosen group, drawn at random."""
+    def _negatives(self, chosen: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``negative_groups`` distinct neighbours of each chosen group, drawn at random,
+        and the position in ``chosen`` of the group each was drawn for."""
         deg = self.nb_ptr[chosen + 1] - self.nb_ptr[chosen]
         total = int(deg.sum())
-        if not total:
-            return np.zeros(0, np.int64)
         owner = np.repeat(np.arange(len(chosen)), deg)
         first = np.repeat(np.cumsum(deg) - deg, deg)
         entry = np.repeat(self.nb_ptr[chosen], deg) + np.arange(total) - first
         order = np.lexsort((rng.random(total), owner))
-        rank = np.arange(total) - first  # owner-sorted entries keep their owner's block
-        return self.nb_idx[entry[order][rank < self.cfg.negative_groups]]
+        keep = (np.arange(total) - first) < self.cfg.negative_groups  # owner-sorted entries keep their block
+        return self.nb_idx[entry[order][keep]], owner[keep]
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, ...]]:
         """(faces, views, indices tuple) of one batch; the same for the same step."""
-        cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, step])
-        chosen = rng.choice(self.anchors, min(cfg.groups_per_batch, len(self.anchors)), replace=False)
-        groups = np.r_[chosen, self._negatives(chosen, rng)]
-        _, first = np.unique(groups, return_index=True)
-        groups = groups[np.sort(first)]
-        pick = (rng.random((len(groups), cfg.faces_per_group)) * self.sizes[groups][:, None]).astype(np.int64)
-        faces = self.faces[(self.starts[groups][:, None] + pick).reshape(-1)]
-        views = rng.integers(0, self.n_views, len(faces))
-        return faces, views, tuple(torch.from_numpy(x) for x in self._pairs(groups, faces, views))
+        chunk, at = divmod(step, CHUNK)
+        if self._chunk[0] != chunk:
+            self._chunk = (chunk, self._draw(chunk))
+        return self._chunk[1][at]
 
     def _triangle(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n not in self._triu:
             self._triu[n] = np.triu_indices(n, 1)
         return self._triu[n]
 
-    def _pairs(self, groups: np.ndarray, faces: np.ndarray, views: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Positive (same group, not the same face under the same view) and negative
-        (cannot-linked groups) position pairs of a batch made of one block of
-        ``faces_per_group`` faces per distinct group, worked out block by block: ``(a1, p, a2, n)``."""
-        k = self.cfg.faces_per_group
+    def _draw(self, chunk: int) -> list[tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, ...]]]:
+        """The batches of the steps of ``chunk``, each one block of ``faces_per_group`` faces per
+        distinct group (chosen anchors first, then their negatives) and its index tuple
+        ``(a1, p, a2, n)``: positives are two faces of one group (not the same face under the same
+        view), negatives two faces of cannot-linked groups."""
+        cfg, k = self.cfg, self.cfg.faces_per_group
+        rng = np.random.default_rng([cfg.seed, chunk])
+        per = min(cfg.groups_per_batch, len(self.anchors))
+        chosen = np.concatenate([rng.choice(self.anchors, per, replace=False) for _ in range(CHUNK)])
+        negatives, owner = self._negatives(chosen, rng)
+        step = np.r_[np.arange(len(chosen)) // per, owner // per]
+        cand = np.r_[chosen, negatives]
+        order = np.argsort(step, kind="stable")  # a step's chosen groups, then its negatives
+        step, cand = step[order], cand[order]
+        _, first = np.unique(step * len(self.sizes) + cand, return_index=True)
+        first.sort()
+        step, groups = step[first], cand[first]  # distinct groups of each step, in drawing order
+        group_at = np.searchsorted(step, np.arange(CHUNK + 1))  # a step's groups: group_at[s]:group_at[s + 1]
+        pick = (rng.random((len(groups), k)) * self.sizes[groups][:, None]).astype(np.int64)
+        faces = self.faces[(self.starts[groups][:, None] + pick).reshape(-1)]
+        views = rng.integers(0, self.n_views, len(faces))
         ia, ib = self._triangle(k)
         base = np.arange(len(groups))[:, None] * k
         pa, pb = (base + ia).reshape(-1), (base + ib).reshape(-1)
         keep = (faces[pa] != faces[pb]) | (views[pa] != views[pb])
         pa, pb = pa[keep], pb[keep]
-        ba, bb = self._triangle(len(groups))
+        ba, bb = (np.concatenate(x) for x in zip(*(self._triangle(int(group_at[s + 1] - group_at[s])) + group_at[s]
+                                                   for s in range(CHUNK))))
         gid = self.group_ids[groups]
         key = np.minimum(gid[ba], gid[bb]) * self.n + np.maximum(gid[ba], gid[bb])
+        hit = np.zeros(len(key), dtype=bool)
         if len(self.keys) and len(key):
-            at = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
-            hit = self.keys[at] == key
-        else:
-            hit = np.zeros(len(key), dtype=bool)
+            hit = self.keys[np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)] == key
         fa, fb = np.divmod(np.arange(k * k), k)
-        na = (ba[hit][:, None] * k + fa).reshape(-1)
-        nb = (bb[hit][:, None] * k + fb).reshape(-1)
-        return pa.astype(np.int64), pb.astype(np.int64), na.astype(np.int64), nb.astype(np.int64)
-
-
-class Prefetcher:
-    """The batches of the coming steps, sampled on a thread while the current step runs
-    (numpy and torch release the GIL); the same batches as ``batcher.batch(step)``."""
-
-    def __init__(self, batcher: GroupBatcher, total: int | None, depth: int = 4) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.batcher, self.total, self.depth = batcher, total, depth
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="batches")
-        self.pending: dict[int, Any] = {}
-        self.next = -1
-
-    def get(self, step: int) -> tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, ...]]:
-        """The batch of ``step``; queues the next ones."""
-        if self.next < step:
-            self.pending.clear()
-            self.next = step
-        while self.next < step + self.depth and (self.total is None or self.next < self.total):
-            self.pending[self.next] = self.pool.submit(self.batcher.batch, self.next)
-            self.next += 1
-        fut = self.pending.pop(step, None)
-        return fut.result() if fut is not None else self.batcher.batch(step)
-
-    def close(self) -> None:
-        """Stop the thread (batches queued and not taken are dropped)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        na, nb = (ba[hit][:, None] * k + fa).reshape(-1), (bb[hit][:, None] * k + fb).reshape(-1)
+        face_at = group_at * k  # a step's faces: face_at[s]:face_at[s + 1]
+        cut_p, cut_n = np.searchsorted(pa // k, group_at), np.searchsorted(np.repeat(ba[hit], k * k), group_at)
+        out = []
+        for s in range(CHUNK):
+            lo, hi = face_at[s], face_at[s + 1]
+            p, n = slice(cut_p[s], cut_p[s + 1]), slice(cut_n[s], cut_n[s + 1])
+            out.append((faces[lo:hi], views[lo:hi],
+                        tuple(torch.from_numpy(x - lo) for x in (pa[p], pb[p], na[n], nb[n]))))
+        return out

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .batches import Constraints, GroupBatcher, Prefetcher  # noqa: F401  (re-exported)
+from .batches import Constraints, GroupBatcher  # noqa: F401  (re-exported)
 from .checkpoint import read_checkpoint, restore, save_checkpoint
 from .defaults import DEFAULT_BACKBONE
 from .embedder import Embedder, create_embedder
@@ -318,7 +318,8 @@ def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
         logger.info("resumed from %s at step %d", ckpt, step)
     total = _total_steps(cfg, d.batcher)
     loss_fn = make_loss(d.loss_name)
-    feats_t = torch.from_numpy(d.feats)
+    rows = torch.from_numpy(d.feats).reshape(-1, d.feats.shape[-1])  # (views x faces, in_dim)
+    n_faces = d.feats.shape[1]
     head = embedder.head
     if ctx.active:  # gradients summed over the ranks (each scales its share of the loss by world)
         from torch.nn.parallel import DistributedDataParallel
@@ -330,13 +331,12 @@ def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
                     RESERVE, "train", r.progress, agree)
     seen_pairs, shown, last, began = 0, None, None, time.perf_counter()
     embedder.train()
-    ahead = Prefetcher(d.batcher, total)
     for step in loop:
         if cfg.lr_schedule == "cosine":
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-        faces, views, tup = ahead.get(step)
-        x = to_device(feats_t[torch.from_numpy(views), torch.from_numpy(faces)], device)
+        faces, views, tup = d.batcher.batch(step)
+        x = to_device(rows.index_select(0, torch.from_numpy(views * n_faces + faces)), device)
         with autocast(device):
             out = head(x)
         emb = torch.nn.functional.normalize(out.float(), dim=-1)  # as Embedder.embed_features
@@ -360,7 +360,6 @@ def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
             loop.reserve = RESERVE + (time.perf_counter() - t0)
             loop.note(loss=f"{shown:.4f}", auc="-" if value is None else f"{value:.4f}",
                       pairs_s=f"{seen_pairs / max(time.perf_counter() - began, 1e-9):.0f}")
-    ahead.close()
     step = loop.step
     if not log or log[-1]["step"] != step:
         value = score(embedder)

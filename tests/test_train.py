@@ -219,6 +219,40 @@ def test_batches_take_negatives_only_from_cannot_links():
                      TrainConfig())
 
 
+def test_batches_drawn_by_chunk_are_whole_and_the_same_drawn_alone():
+    # 12 tracks of 5 faces, cannot-links between track k and k + 1 .. k + 3
+    n, size = 60, 5
+    same = [(t * size + f, t * size + f + 1) for t in range(12) for f in range(size - 1)]
+    cannot = [(t * size, u * size) for t in range(12) for u in range(t + 1, min(t + 4, 12))]
+    i, j = (np.array(x) for x in zip(*(same + cannot)))
+    ps = PairSet(i, j, np.array([1] * len(same) + [0] * len(cannot)),
+                 [RuleInfo("same-track", "same", 1), RuleInfo("same-frame", "different", 1)], n_faces=n)
+    cons = Constraints.from_pairs(ps)
+    linked = {tuple(x) for x in cons.cannot.tolist()}
+    cfg = TrainConfig(groups_per_batch=3, faces_per_group=3, negative_groups=1)
+    batcher = GroupBatcher(cons, np.ones(n, bool), 2, cfg)
+    steps = [batcher.batch(s) for s in range(70)]  # three chunks, the last one begun
+    for s in (0, 31, 32, 45, 69):  # a fresh batcher (a resumed run) draws the same batch
+        faces, views, tup = GroupBatcher(cons, np.ones(n, bool), 2, cfg).batch(s)
+        assert np.array_equal(faces, steps[s][0]) and np.array_equal(views, steps[s][1])
+        assert all(torch.equal(a, b) for a, b in zip(tup, steps[s][2]))
+    assert not np.array_equal(steps[0][0], steps[32][0])
+    for faces, views, (a1, p, a2, neg) in steps:
+        g = cons.group[faces].reshape(-1, cfg.faces_per_group)
+        assert (g == g[:, :1]).all() and len(set(g[:, 0])) == len(g)  # one block per distinct group
+        assert 3 <= len(g) <= 6  # the chosen groups and at most one neighbour of each
+        g = g.reshape(-1)
+        a1, p, a2, neg = (x.numpy() for x in (a1, p, a2, neg))
+        assert (g[a1] == g[p]).all() and ((faces[a1] != faces[p]) | (views[a1] != views[p])).all()
+        want_pos = sum(faces[x] != faces[y] or views[x] != views[y]
+                       for x in range(len(g)) for y in range(x + 1, len(g)) if g[x] == g[y])
+        assert len(a1) == want_pos  # every positive pair of the batch
+        got = {tuple(sorted(x)) for x in zip(g[a2].tolist(), g[neg].tolist())}
+        blocks = sorted(set(g.tolist()))
+        want = {(a, b) for a in blocks for b in blocks if (a, b) in linked}
+        assert got == want and len(a2) == len(want) * cfg.faces_per_group ** 2
+
+
 def test_holdout_chunks_and_auc():
     faces = [Face(id=str(k), media="v", frame=k, crop="x") for k in range(100)]
     val = holdout_mask(Manifest(faces), 0.2, seed=0)
