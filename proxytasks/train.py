@@ -385,6 +385,11 @@ def _select_and_save(r: _Run, d: _Data, candidates: dict[str, dict[str, Any]], f
     cfg, embedder = r.cfg, r.embedder
     candidates["trained"] = fit["best"]
     selected = _select(candidates)
+    if all(c.get("score") is None for c in candidates.values()):
+        logger.warning("nothing to score the trained head on (held-out pairs: %d must-linked, %d cannot-linked; "
+                       "photos without tracks have none): the pretrained features are kept, as an unscored head "
+                       "named worse than them on every photo set measured; the trained head stays in %s",
+                       len(d.vpos), len(d.vneg), r.folder / "checkpoint.pt")
     if selected == "pretrained":
         final = Embedder(embedder.trunk, cfg.backbone, "identity", input_size=cfg.input_size,
                          weights_origin=embedder.weights_origin)
@@ -468,8 +473,11 @@ def _keep_best(best: dict[str, Any], score: float | None, embedder: Embedder, st
 
 
 def _select(candidates: dict[str, dict[str, Any]]) -> str:
-    """The best-scoring candidate; the trained head when nothing can be scored."""
+    """The best-scoring candidate; the pretrained features when nothing can be scored (no
+    held-out pair: a photo collection without tracks). A head no pair can check is not
+    kept: on every real photo set measured the self-supervised head (two views of one face)
+    named worse than the features it was trained on (bench/README.md, "Photos without tracks")."""
     scored = {k: v["score"] for k, v in candidates.items() if v.get("score") is not None}
     if not scored:
-        return "trained"
+        return "pretrained"
     return max(scored, key=lambda k: (scored[k], k == "trained"))

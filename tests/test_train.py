@@ -23,9 +23,10 @@ def run(tmp_path, name, manifest, pairs, features=None, **kw):
 
 
 def _best_scored(scores: dict) -> str:
-    """The candidate the selection must pick: the highest validation AUC, the trained head on ties."""
+    """The candidate the selection must pick: the highest validation AUC, the trained head on ties,
+    the pretrained features when nothing is scored."""
     scored = {k: v for k, v in scores.items() if v is not None}
-    return max(scored, key=lambda k: (scored[k], k == "trained")) if scored else "trained"
+    return max(scored, key=lambda k: (scored[k], k == "trained")) if scored else "pretrained"
 
 
 def _scene(n_ids=6, shots=20, frames=10, per_frame=3, seed=0):
@@ -192,8 +193,11 @@ def test_photos_without_pairs_train_self_supervised(tmp_path, small_episode):
                        enumerate(manifest.faces[:40])], manifest.root)
     pairs = RuleSet("same-photo").apply(photos)
     assert len(pairs) == 0
-    _, summary = run(tmp_path, "photos", photos, pairs, steps=10, views=("plain", "flip"))
-    assert summary["loss"] == "ntxent" and summary["selected"] == "trained"
+    folder, summary = run(tmp_path, "photos", photos, pairs, steps=10, views=("plain", "flip"))
+    assert summary["loss"] == "ntxent" and summary["steps"] == 10
+    # nothing scores the trained head: the pretrained features are kept, the head stays in the checkpoint
+    assert summary["selected"] == "pretrained" and set(summary["scores"].values()) == {None}
+    assert Embedder.load(folder).head_kind == "identity" and (folder / "checkpoint.pt").is_file()
 
 
 def test_batches_take_negatives_only_from_cannot_links():
