@@ -79,7 +79,8 @@ class Budget:
 
 
 class Every:
-    """Something due every ``steps`` steps or every ``seconds`` seconds (whichever is given)."""
+    """Something due every ``steps`` steps or every ``seconds`` seconds since it was last
+    due (either or both given: due at whichever comes first)."""
 
     def __init__(self, steps: int | None = None, seconds: float | None = None) -> None:
         self.steps, self.seconds = steps, seconds
@@ -88,10 +89,8 @@ class Every:
     def due(self, step: int, now: float | None = None) -> bool:
         """Whether it is due after ``step`` (counted from 1); marks it done when it is."""
         now = time.perf_counter() if now is None else now
-        if self.steps is not None:
-            hit = step % self.steps == 0
-        else:
-            hit = self.seconds is not None and now - self.last >= self.seconds
+        hit = (self.steps is not None and step % self.steps == 0) or \
+            (self.seconds is not None and now - self.last >= self.seconds)
         if hit:
             self.last = now
         return hit

@@ -291,13 +291,14 @@ def _init_head(embedder: Embedder, feats: np.ndarray, cons_pairs: tuple, cfg: Tr
 
 
 def _schedule(cfg: TrainConfig, total: int | None, budget: Budget) -> Every:
-    """When to validate: every ``eval_every`` steps; else :data:`EVALS` times per run (by
-    steps when their number is known, by seconds under a budget)."""
+    """When to validate: every ``eval_every`` steps; else :data:`EVALS` times per run, by
+    steps when their number is known and by seconds under a budget, whichever comes first
+    (steps that the budget cuts short still get their validations)."""
     if cfg.eval_every is not None:
         return Every(steps=cfg.eval_every)
-    if total is not None:
-        return Every(steps=max(1, -(-total // EVALS)))
-    return Every(seconds=max((budget.left() or 0.0) / EVALS, 0.5))
+    left = budget.left()
+    return Every(steps=None if total is None else max(1, -(-total // EVALS)),
+                 seconds=None if left is None else max(left / EVALS, 0.5))
 
 
 def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:

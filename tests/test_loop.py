@@ -65,6 +65,10 @@ def test_budget_and_every():
     assert not timed.due(1)
     time.sleep(0.06)
     assert timed.due(2) and not timed.due(3)
+    both = Every(steps=4, seconds=0.05)  # whichever comes first, counted from when it was last due
+    assert [s for s in range(1, 9) if both.due(s)] == [4, 8]
+    time.sleep(0.06)
+    assert both.due(9) and not both.due(10) and both.due(12)
     assert time.perf_counter() - 3600 <= process_start() <= time.perf_counter()
 
 

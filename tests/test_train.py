@@ -175,6 +175,16 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, small_episode):
         assert len(z["faces"]) == cached["faces"] and int(z["n_faces"]) == len(manifest)
 
 
+def test_steps_cut_short_by_the_budget_are_still_validated(tmp_path, small_episode, small_episode_features):
+    _, manifest, pairs = small_episode
+    folder = tmp_path / "cut"
+    summary = train(manifest, pairs, folder, TrainConfig(dim=32, time_budget=4.0, steps=10 ** 7), progress=False,
+                    features=small_episode_features)
+    assert summary["stopped"] == "time budget"
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) >= 3 and log[-1]["step"] == summary["steps"]  # validated by seconds, not only at the end
+
+
 def test_a_budget_too_short_for_the_cache_trains_a_subsample(tmp_path, small_episode, caplog):
     _, manifest, pairs = small_episode
     with caplog.at_level("WARNING"):
