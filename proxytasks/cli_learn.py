@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .cli_common import fmt, names, numbers, overwrite_option, progress, refuse, run_holds
-from .defaults import DEFAULT_BACKBONE
+from .defaults import DEFAULT_BACKBONE, MAX_EPOCHS
 
 
 # --------------------------------------------------------------------------- learning
@@ -29,7 +29,8 @@ from .defaults import DEFAULT_BACKBONE
 @click.option("--init", type=click.Choice(["kissme", "random"]), default="kissme", show_default=True,
               help="Start the linear head from the KISSME metric fitted on the pairs.")
 @click.option("--steps", type=int, default=None,
-              help="Optimisation steps [default: from --epochs, else until --time-budget, else 1000].")
+              help=f"Optimisation steps [default: from --epochs, else until --time-budget or {MAX_EPOCHS} epochs, "
+                   "whichever comes first, else 1000].")
 @click.option("--epochs", type=float, default=None, help="Passes over the training faces [default: see --steps].")
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds for the whole command; stops cleanly and saves [default: no limit].")
@@ -68,8 +69,8 @@ def train_cmd(ctx: click.Context, manifest: Path, pairs: Path, out: Path, backbo
                     started=command_start(ctx.meta.get("proxytasks.invoked")))
     if int(os.environ.get("RANK", "0") or 0):  # under torchrun, rank 0 reports
         return
-    click.echo(f"wrote {out}: {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['stopped']}), "
-               f"selected {summary['selected']}")
+    click.echo(f"wrote {out}: {summary['steps']} steps ({summary['epochs']:g} epochs) in {summary['seconds']:.1f} s "
+               f"({summary['stopped']}), selected {summary['selected']}")
     cached = summary.get("features", {})
     if cached.get("subsample"):
         click.echo(f"  trained on a subsample of {cached['faces']} of {cached['of']} faces (the time budget); "

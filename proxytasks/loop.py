@@ -105,19 +105,21 @@ class StepLoop:
     ``agree(flag)``: the processes' joint decision (any of them wants to stop) under
     ``torchrun``. After the loop, ``stopped`` says why it ended ("steps" or "time
     budget") and ``step`` is the number of steps done. ``note(**postfix)`` shows values
-    on the bar (at most twice a second).
+    on the bar (at most twice a second). The bar counts seconds of the budget when there
+    is a deadline and either no ``total`` or ``by_time`` (``total`` is only a cap that
+    the budget is expected to cut), else steps.
     """
 
     def __init__(self, total: int | None, deadline: float | None = None, step: int = 0, min_steps: int = 0,
                  reserve: float = 1.0, desc: str = "train", progress: bool = True,
-                 agree: Callable[[bool], bool] | None = None) -> None:
+                 agree: Callable[[bool], bool] | None = None, by_time: bool = False) -> None:
         self.total, self.deadline, self.step = total, deadline, step
         self.min_steps, self.reserve = min_steps, reserve
         self.agree = agree or (lambda flag: flag)
         self.step_time = 0.0
         self.stopped = "steps"
         self.began = time.perf_counter()
-        by_time = deadline is not None and total is None
+        by_time = deadline is not None and (total is None or by_time)
         self.bar = tqdm(total=round(max(deadline - self.began, 0.0), 1) if by_time else total,
                         initial=0 if by_time else step, desc=desc, unit="s" if by_time else "step",
                         disable=not progress, bar_format=("{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}"

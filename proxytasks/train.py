@@ -25,6 +25,11 @@ checkpoints of :mod:`proxytasks.checkpoint` every :data:`CHECKPOINT_SECONDS`), s
 and save. The time budget counts from ``started`` (the command's start) and a resumed
 run continues the budget of the run it resumes.
 
+How long: ``steps``, else ``epochs`` (passes over the training faces), else, under a time
+budget, until the budget runs out or after :data:`MAX_EPOCHS` epochs, whichever comes
+first (longer training pushes apart only the people who share frames and merges the
+others), else 1000 steps.
+
 Under ``torchrun`` the processes share the work (:mod:`proxytasks.distributed`): the
 trunk features by blocks of faces, each step's loss terms by pairs (DDP sums the
 gradients), with the same result as one process; rank 0 writes every file. On CUDA the
@@ -48,7 +53,7 @@ import torch
 from . import distributed
 from .batches import Constraints, GroupBatcher  # noqa: F401  (re-exported)
 from .checkpoint import read_checkpoint, restore, save_checkpoint
-from .defaults import DEFAULT_BACKBONE
+from .defaults import DEFAULT_BACKBONE, MAX_EPOCHS
 from .embedder import Embedder, create_embedder
 from .errors import ProxytasksError
 from .features import CACHE_NAME, FeatureCache, cache_features, cache_features_ranks, cache_order, feature_key
@@ -290,15 +295,14 @@ def _init_head(embedder: Embedder, feats: np.ndarray, cons_pairs: tuple, cfg: Tr
     return L.astype(np.float32)
 
 
-def _schedule(cfg: TrainConfig, total: int | None, budget: Budget) -> Every:
+def _schedule(cfg: TrainConfig, total: int, budget: Budget) -> Every:
     """When to validate: every ``eval_every`` steps; else :data:`EVALS` times per run, by
-    steps when their number is known and by seconds under a budget, whichever comes first
-    (steps that the budget cuts short still get their validations)."""
+    steps and, under a budget, by seconds, whichever comes first (steps that the budget
+    cuts short still get their validations)."""
     if cfg.eval_every is not None:
         return Every(steps=cfg.eval_every)
     left = budget.left()
-    return Every(steps=None if total is None else max(1, -(-total // EVALS)),
-                 seconds=None if left is None else max(left / EVALS, 0.5))
+    return Every(steps=max(1, -(-total // EVALS)), seconds=None if left is None else max(left / EVALS, 0.5))
 
 
 def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
@@ -329,7 +333,7 @@ def _fit(r: _Run, d: _Data, score: _Validator) -> dict[str, Any]:
     validate, saved, saved_step = _schedule(cfg, total, r.budget), -math.inf, -1  # first at the first validation
     agree = (lambda flag: distributed.any_rank(flag, ctx)) if ctx.active else None
     loop = StepLoop(total, r.budget.deadline, step, MIN_STEPS if cfg.time_budget is not None else 0,
-                    RESERVE, "train", r.progress, agree)
+                    RESERVE, "train", r.progress, agree, by_time=cfg.steps is None and cfg.epochs is None)
     seen_pairs, shown, last, began = 0, None, None, time.perf_counter()
     embedder.train()
     for step in loop:
@@ -399,6 +403,7 @@ def _select_and_save(r: _Run, d: _Data, candidates: dict[str, dict[str, Any]], f
         final = embedder
     summary = {"selected": selected, "loss": d.loss_name, "steps": fit["steps"], "stopped": fit["stopped"],
                "seconds": round(time.perf_counter() - r.budget.start, 3), "pairs": int(len(r.pairs)),
+               "epochs": round(fit["steps"] * _faces_per_step(cfg) / max(len(d.batcher.faces), 1), 1),
                "pairs_seen": fit["pairs_seen"], "scores": {k: v["score"] for k, v in candidates.items()},
                "best_step": fit["best"]["step"],
                "holdout_pairs": {"same": int(len(d.vpos)), "different": int(len(d.vneg))},
@@ -427,7 +432,8 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
     The time budget covers everything from ``started`` (a ``time.perf_counter()`` value,
     e.g. :func:`proxytasks.loop.process_start` for a command; default: the call) on,
     feature caching included; a resumed run gets what the run it resumes left of it. The
-    loop stops before a step would overrun it (after at least :data:`MIN_STEPS` steps),
+    loop stops before a step would overrun it (after at least :data:`MIN_STEPS` steps), or
+    at its steps (see the module docstring: at most :data:`MAX_EPOCHS` epochs by default),
     then selects and saves the model. When caching every face would not fit in
     :data:`FEATURE_SHARE` of the budget, a subsample of whole tracks (with the tracks
     that share their frames) is cached and trained on; the summary's ``features`` says
@@ -446,19 +452,25 @@ def train(manifest: Manifest, pairs: PairSet, run: str | os.PathLike, cfg: Train
     fit = _fit(r, d, score)
     summary = _select_and_save(r, d, candidates, fit)
     distributed.finish(r.ctx)
-    logger.info("trained %d steps in %.1f s (%s) on %d of %d faces; selected %s (validation AUC %s)",
-                fit["steps"], summary["seconds"], fit["stopped"], r.cache_info["faces"], len(manifest),
-                summary["selected"], summary["scores"])
+    logger.info("trained %d steps (%g epochs) in %.1f s (%s) on %d of %d faces; selected %s (validation AUC %s)",
+                fit["steps"], summary["epochs"], summary["seconds"], fit["stopped"], r.cache_info["faces"],
+                len(manifest), summary["selected"], summary["scores"])
     return summary
 
 
-def _total_steps(cfg: TrainConfig, batcher: GroupBatcher) -> int | None:
+def _faces_per_step(cfg: TrainConfig) -> int:
+    return cfg.groups_per_batch * cfg.faces_per_group * (1 + cfg.negative_groups)
+
+
+def _total_steps(cfg: TrainConfig, batcher: GroupBatcher) -> int:
+    """The steps to run (a time budget may stop the loop before): ``steps``, else those of
+    ``epochs``, else those of :data:`MAX_EPOCHS` under a time budget, else 1000."""
     if cfg.steps is not None:
         return int(cfg.steps)
-    if cfg.epochs is not None:
-        per_batch = cfg.groups_per_batch * cfg.faces_per_group * (1 + cfg.negative_groups)
-        return max(1, int(cfg.epochs * len(batcher.faces) / per_batch))
-    return None if cfg.time_budget is not None else 1000
+    epochs = cfg.epochs if cfg.epochs is not None else MAX_EPOCHS if cfg.time_budget is not None else None
+    if epochs is None:
+        return 1000
+    return max(1, int(epochs * len(batcher.faces) / _faces_per_step(cfg)))
 
 
 def _keep_best(best: dict[str, Any], score: float | None, embedder: Embedder, step: int) -> dict[str, Any]:

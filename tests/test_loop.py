@@ -46,6 +46,9 @@ def test_the_bar_counts_seconds_of_the_budget_or_steps(capsys):
     by_time = StepLoop(None, deadline=time.perf_counter() + 30, progress=True)
     assert by_time.bar.total == pytest.approx(30, abs=0.2) and by_time.bar.unit == "s"
     by_time.close()
+    capped = StepLoop(10 ** 6, deadline=time.perf_counter() + 30, progress=True, by_time=True)  # a cap, not a goal
+    assert capped.bar.total == pytest.approx(30, abs=0.2) and capped.bar.unit == "s"
+    capped.close()
     by_steps = StepLoop(12, progress=True)
     assert by_steps.bar.total == 12
     for _ in by_steps:
@@ -82,8 +85,8 @@ def test_command_start_is_the_process_start_only_for_a_process_started_for_the_c
 def test_resume_keeps_the_budget(tmp_path):
     manifest, pairs, ident = _scene()
     feats = _features(ident, nuisance=1.0, width=256)  # the trunk width of timm's tiny test model
-    cfg = dict(backbone="test_efficientnet", weights="none", input_size=32, dim=16, views=("plain",), steps=None,
-               init="random")
+    cfg = dict(backbone="test_efficientnet", weights="none", input_size=32, dim=16, views=("plain",),
+               steps=10 ** 9, init="random")  # the budget ends every part, not the steps
     first = train(manifest, pairs, tmp_path / "run", TrainConfig(**cfg, time_budget=3.0), progress=False,
                   features=feats)
     assert first["stopped"] == "time budget" and first["steps"] >= 10

@@ -158,7 +158,7 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, small_episode):
     folder.mkdir()
     shutil.copy(small_episode[0] / "tracked.jsonl", folder / "unused.jsonl")
     start = time.perf_counter()
-    summary = train(manifest, pairs, folder, TrainConfig(dim=32, time_budget=3.0, steps=None), progress=False)
+    summary = train(manifest, pairs, folder, TrainConfig(dim=32, time_budget=3.0, steps=10 ** 9), progress=False)
     assert time.perf_counter() - start <= 3.0 + 30  # held (B + 5 s on a quiet machine: bench/train_budget.py)
     assert summary["stopped"] == "time budget" and summary["steps"] >= 10
     assert summary["selected"] == _best_scored(summary["scores"])
@@ -183,6 +183,20 @@ def test_steps_cut_short_by_the_budget_are_still_validated(tmp_path, small_episo
     assert summary["stopped"] == "time budget"
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     assert len(log) >= 3 and log[-1]["step"] == summary["steps"]  # validated by seconds, not only at the end
+
+
+def test_a_budget_without_steps_stops_at_max_epochs(tmp_path, small_episode, small_episode_features, monkeypatch):
+    import proxytasks.train as train_module
+
+    _, manifest, pairs = small_episode
+    monkeypatch.setattr(train_module, "MAX_EPOCHS", 3)
+    summary = train(manifest, pairs, tmp_path / "capped", TrainConfig(dim=32, time_budget=600.0), progress=False,
+                    features=small_episode_features)
+    steps, epochs = summary["steps"], summary["epochs"]
+    assert summary["stopped"] == "steps" and steps >= 2 and epochs <= 3 < epochs * (steps + 1) / steps
+    given = train(manifest, pairs, tmp_path / "given", TrainConfig(dim=32, time_budget=600.0, epochs=5),
+                  progress=False, features=small_episode_features)
+    assert given["epochs"] <= 5 < given["epochs"] * (given["steps"] + 1) / given["steps"]  # asked for: wins
 
 
 def test_a_budget_too_short_for_the_cache_trains_a_subsample(tmp_path, small_episode, caplog):
