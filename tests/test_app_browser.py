@@ -199,6 +199,7 @@ def test_update_retrains_within_its_budget(clip_copy):
     assert not (app / "run.next").exists() and not (app / "embeddings.next.npz").exists()
     config = json.loads((app / "run" / "config.json").read_text())
     assert config["train"]["seconds"] < 4 + 30
+    assert config["options"]["workers"] == 0  # no worker process forked from the server's threads
     from proxytasks.app.state import find_sources
 
     assert find_sources(clip_copy).emb == app / "embeddings.npz"  # a restarted app names on it

@@ -134,7 +134,11 @@ class Updater:
 
     def _retrain(self, ann, budget: float):
         """Train on the rule pairs plus the person's answers within ``budget`` seconds,
-        embed, and swap the new run and embeddings in; returns the new vectors."""
+        embed, and swap the new run and embeddings in; returns the new vectors.
+
+        Faces are decoded in this thread (no DataLoader worker process): a worker forked
+        from a process running the server's threads can inherit a lock another thread
+        holds and hang (a CI run once waited 180 s in the embedding after a retrain)."""
         from ..active import human_pairs
         from ..embed import embed_to_file
         from ..embedder import Embedder
@@ -170,11 +174,12 @@ class Updater:
         ticker = threading.Thread(target=tick, daemon=True)
         ticker.start()
         try:
-            summary = train(manifest, pairs, nxt, TrainConfig(**{**options, "time_budget": budget}), progress=False)
+            summary = train(manifest, pairs, nxt, TrainConfig(**{**options, "time_budget": budget, "workers": 0}),
+                            progress=False)
         finally:
             stop.set()
         job.set(0.75, f"trained {summary['steps']} steps; embedding the faces")
-        emb = embed_to_file(Embedder.load(nxt), manifest, emb_next, progress=False)
+        emb = embed_to_file(Embedder.load(nxt), manifest, emb_next, workers=0, progress=False)
         run = app / "run"
         if run.exists():
             shutil.rmtree(run)
