@@ -91,8 +91,9 @@ def main() -> None:
     for n in steps:
         for k in METRICS:
             value = float(np.mean([r["lengths"][str(n)][k] for r in results]))
+            better = base[k] / value if k == "clusters_per_person" else value / base[k]  # fewer clusters: better
             emit("train_length", f"{k}_steps{n}", value, "mean over episodes", "pretrained features", base[k],
-                 value - base[k], None, None, episodes=len(results))
+                 better, None, None, episodes=len(results))
 
 
 if __name__ == "__main__":
