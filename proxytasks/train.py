@@ -467,9 +467,9 @@ def _total_steps(cfg: TrainConfig, batcher: GroupBatcher) -> int:
     ``epochs``, else those of :data:`MAX_EPOCHS` under a time budget, else 1000."""
     if cfg.steps is not None:
         return int(cfg.steps)
-    epochs = cfg.epochs if cfg.epochs is not None else MAX_EPOCHS if cfg.time_budget is not None else None
-    if epochs is None:
+    if cfg.epochs is None and cfg.time_budget is None:
         return 1000
+    epochs = MAX_EPOCHS if cfg.epochs is None else cfg.epochs
     return max(1, int(epochs * len(batcher.faces) / _faces_per_step(cfg)))
 
 
