@@ -8,7 +8,7 @@ augmented views). The peer is the same call with the last stage's learning rate 
 head alone trains for the same steps), so the difference is the last stage's. Each result
 is scored as ``benchmark`` scores its proxy method (``train_length.scores``).
 
-    python bench/last_stage.py DIR [DIR...] [--steps 200,600,1800] [--trunk-lr 1e-4] [--holdout]
+    python bench/last_stage.py DIR [DIR...] [--steps 600] [--trunk-lr 1e-4] [--holdout]
 
 ``--holdout``: the fine-tuning sees only the rule pairs outside the time chunks that ``train``
 holds out (its split, seed 0), and each result also gets the held-out rule-pair AUC that
@@ -76,7 +76,7 @@ def episode(folder: Path, steps: list[int], trunk_lr: float, holdout: bool) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", type=Path, nargs="+", help="--out folders of bench/dev_episodes.py")
-    ap.add_argument("--steps", default="200,600,1800")
+    ap.add_argument("--steps", default="600", help="comma-separated: more training steps to compare")
     ap.add_argument("--trunk-lr", type=float, default=1e-4)
     ap.add_argument("--holdout", action="store_true", help="fine-tune outside train's held-out chunks; report their AUC")
     args = ap.parse_args()
