@@ -33,13 +33,10 @@ from train_length import METRICS, scores
 
 def train_pairs(pairs, manifest):
     """The rule pairs outside ``train``'s held-out chunks, and the held-out (must, cannot) pairs."""
-    from proxytasks.pairs import PairSet
     from proxytasks.train import holdout_mask, pairs_within
 
     val = holdout_mask(manifest, 0.2, 0)
-    keep = ~val[pairs.i] & ~val[pairs.j]
-    kept = PairSet(pairs.i[keep], pairs.j[keep], pairs.rule[keep], pairs.rules, pairs.n_faces, digest=pairs.digest)
-    return kept, pairs_within(pairs, val)
+    return pairs._subset(~val[pairs.i] & ~val[pairs.j]), pairs_within(pairs, val)
 
 
 def episode(folder: Path, steps: list[int], trunk_lr: float, holdout: bool) -> dict:

@@ -85,10 +85,12 @@ def episode(folder: Path, rounds: int, steps: int, margin: float, start: str) ->
         row.update(scores(x, manifest, groups, cannot, trained))
         if k < rounds:
             base, based = (pre, False) if (start == "pretrained" and k == 0) else (x, trained)
-            t = cluster_faces(base, groups=groups, cannot_links=cannot, seed=0, trained_on_links=based).threshold
-            labels = cluster_faces(base, groups=groups, cannot_links=cannot, seed=0, threshold=t + margin).labels
-            links, row["links"] = track_links(labels, groups, identity)
-            row["links"]["threshold"] = round(float(t + margin), 4)
+            found = cluster_faces(base, groups=groups, cannot_links=cannot, seed=0, trained_on_links=based)
+            if margin:
+                found = cluster_faces(base, groups=groups, cannot_links=cannot, seed=0,
+                                      threshold=found.threshold + margin)
+            links, row["links"] = track_links(found.labels, groups, identity)
+            row["links"]["threshold"] = round(float(found.threshold), 4)
         out["rounds"][str(k)] = row
     return out
 
